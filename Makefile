@@ -1,0 +1,40 @@
+# Two commands: `make demo` and `make test`. Each one sets up .venv first (idempotent:
+# the stamp file makes a second run skip what is already installed).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
+STAMP  := $(VENV)/.installed
+export TQDM_MININTERVAL ?= 2
+
+.PHONY: setup demo test test-unit test-notebooks lab bench clean strip
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.14.1 torchvision==0.29.1
+	$(PIP) -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m bgtutorial.demo
+
+test: $(STAMP)
+	BGT_SMOKE=1 TQDM_DISABLE=1 MPLBACKEND=Agg $(PY) -m pytest tests \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests
+
+lab: $(STAMP)
+	$(PY) -m jupyter lab notebooks
+
+bench: $(STAMP)
+	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+strip: $(STAMP)
+	$(PY) -m bgtutorial.nbtools strip notebooks/*.ipynb
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,86 @@
+"""Batches of m samples per class, the batch modules need positives in every batch.
+
+Why not pytorch-metric-learning's ``MPerClassSampler``: it draws from a global NumPy
+random state, so an epoch cannot be replayed from a seed, and a run killed mid-epoch
+cannot resume at the exact batch it stopped at. This sampler is a pure function of
+``(seed, epoch)``, can start at any batch (``start_batch``) and can give each rank its
+share of every global batch (``rank``/``world_size``, for DistributedDataParallel).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["MPerClassBatchSampler"]
+
+
+class MPerClassBatchSampler(Sampler[list[int]]):
+    """Yields lists of dataset indices: ``batch_size // m`` distinct classes, ``m`` samples each.
+
+    Args:
+        labels: the label of every sample (``dataset.targets``).
+        m: samples per class in a batch.
+        batch_size: global batch size, a multiple of ``m``.
+        num_batches: batches per epoch (default ``len(labels) // batch_size``).
+        seed: with the epoch (:meth:`set_epoch`), the only source of randomness.
+        rank, world_size: each rank receives its contiguous slice of every global batch.
+
+    A class with fewer than ``m`` samples is sampled with replacement within a batch.
+    """
+
+    def __init__(self, labels: Sequence[int], m: int, batch_size: int, num_batches: int | None = None,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        labels = np.asarray(labels)
+        if m < 1:
+            raise ValueError(f"m (samples per class) must be >= 1, got {m}")
+        if batch_size % m != 0:
+            raise ValueError(f"batch_size={batch_size} is not a multiple of m={m}; "
+                             f"use e.g. batch_size={max(m, batch_size // m * m)}")
+        classes = np.unique(labels)
+        self.classes_per_batch = batch_size // m
+        if self.classes_per_batch > len(classes):
+            raise ValueError(f"a batch of {batch_size} with m={m} needs {self.classes_per_batch} distinct classes "
+                             f"but the data has only {len(classes)}; lower batch_size or raise m")
+        if batch_size % world_size != 0:
+            raise ValueError(f"batch_size={batch_size} must split evenly over world_size={world_size}")
+        self.m, self.batch_size, self.seed = m, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.by_class = [np.flatnonzero(labels == c) for c in classes]
+        self.num_batches = num_batches if num_batches is not None else max(1, len(labels) // batch_size)
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch (reshuffles) and the batch to start from (resume mid-epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """Every global batch of ``epoch`` (a pure function of seed and epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        pools = [rng.permutation(ix) for ix in self.by_class]
+        cursor = [0] * len(pools)
+        batches = []
+        for _ in range(self.num_batches):
+            chosen = rng.choice(len(pools), self.classes_per_batch, replace=False)
+            batch = []
+            for c in chosen:
+                pool = pools[c]
+                if len(pool) < self.m:
+                    batch.extend(rng.choice(pool, self.m, replace=True))
+                    continue
+                if cursor[c] + self.m > len(pool):
+                    pools[c], cursor[c] = rng.permutation(pool), 0
+                    pool = pools[c]
+                batch.extend(pool[cursor[c]:cursor[c] + self.m])
+                cursor[c] += self.m
+            batches.append(np.asarray(batch))
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.batch_size // self.world_size
+        for batch in self.global_batches(self.epoch)[self.start_batch:]:
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start_batch

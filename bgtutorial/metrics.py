@@ -1,0 +1,112 @@
+"""Retrieval metrics: Recall@K, MAP@R and NMI, with exact kNN by chunked matrix products.
+
+Every sample queries all the others (the query itself is excluded from its own
+neighbours), the CUB-200 retrieval protocol of METHOD.md. The distance matrix is never
+materialised whole: queries are processed ``chunk_size`` rows at a time, so 12,000 × 512
+runs in bounded memory on CPU or GPU.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["knn", "recall_at_k", "map_at_r", "nmi", "retrieval_metrics"]
+
+
+def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    embeddings, labels = torch.as_tensor(embeddings), torch.as_tensor(labels)
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
+    if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(f"labels must be (N,) with N={embeddings.shape[0]}, got shape {tuple(labels.shape)}")
+    if embeddings.shape[0] < 2:
+        raise ValueError("need at least 2 samples: each query is compared with the others")
+    return embeddings.float(), labels.to(embeddings.device)
+
+
+@torch.no_grad()
+def knn(embeddings: torch.Tensor, k: int, chunk_size: int = 1024, metric: str = "euclidean") -> torch.Tensor:
+    """Indices (N, k) of each sample's k nearest other samples, nearest first.
+
+    Exact search: squared Euclidean distance ``|q|² - 2 q·x + |x|²`` (or cosine
+    similarity) computed for ``chunk_size`` queries at a time; the query is excluded.
+    """
+    x = torch.as_tensor(embeddings).float()
+    n = x.shape[0]
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    sq = (x * x).sum(1)  # (N,)
+    out = torch.empty(n, k, dtype=torch.long, device=x.device)
+    for start in range(0, n, chunk_size):
+        q = x[start:start + chunk_size]                              # (C, D)
+        dist = sq[start:start + chunk_size, None] - 2 * q @ x.T + sq[None, :]  # (C, N)
+        rows = torch.arange(q.shape[0], device=x.device)
+        dist[rows, rows + start] = float("inf")                      # exclude the query itself
+        out[start:start + chunk_size] = dist.topk(k, dim=1, largest=False).indices
+    return out
+
+
+def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8),
+                chunk_size: int = 1024, metric: str = "euclidean") -> dict[int, float]:
+    """Recall@K: share of queries whose K nearest other samples hold at least one of their class.
+
+    Returns ``{K: recall}`` for each K in ``ks`` (METHOD.md, "Metrics").
+    """
+    embeddings, labels = _check(embeddings, labels)
+    kmax = min(max(ks), embeddings.shape[0] - 1)
+    nn = knn(embeddings, kmax, chunk_size, metric)                  # (N, Kmax)
+    hit = labels[nn] == labels[:, None]                             # (N, Kmax)
+    first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(labels, kmax))  # rank of first hit
+    return {int(k): float((first < k).double().mean()) for k in ks}
+
+
+def map_at_r(embeddings: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024,
+             metric: str = "euclidean") -> float:
+    """MAP@R (Musgrave et al. 2020): for a query with R other samples of its class,
+    ``(1/R) Σ_{i≤R} P(i)·rel(i)`` over its R nearest neighbours, averaged over queries.
+
+    Queries whose class has no other sample (R = 0) are left out of the mean.
+    """
+    embeddings, labels = _check(embeddings, labels)
+    _, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
+    r = counts[inverse] - 1                                          # (N,)
+    rmax = int(r.max())
+    if rmax == 0:
+        raise ValueError("MAP@R needs at least one class with two samples")
+    nn = knn(embeddings, rmax, chunk_size, metric)                   # (N, Rmax)
+    rel = (labels[nn] == labels[:, None]).float()
+    rank = torch.arange(1, rmax + 1, device=rel.device, dtype=torch.float32)
+    within = rank[None, :] <= r[:, None]                             # only the first R ranks count
+    rel = rel * within
+    precision = rel.cumsum(1) / rank[None, :]
+    valid = r > 0
+    ap = (precision * rel).sum(1)[valid] / r[valid].float()
+    return float(ap.mean())
+
+
+def nmi(embeddings: torch.Tensor, labels: torch.Tensor, seed: int = 0, n_init: int = 1) -> float:
+    """Normalised mutual information between k-means clusters (k = number of classes) and labels."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    embeddings, labels = _check(embeddings, labels)
+    y = labels.cpu().numpy()
+    k = len(np.unique(y))
+    pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(embeddings.cpu().numpy())
+    return float(normalized_mutual_info_score(y, pred))
+
+
+def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8),
+                      with_nmi: bool = True) -> dict[str, float]:
+    """All metrics in one flat dict: ``R@1, R@2, ..., MAP@R, NMI``."""
+    out = {f"R@{k}": v for k, v in recall_at_k(embeddings, labels, ks).items()}
+    out["MAP@R"] = map_at_r(embeddings, labels)
+    if with_nmi:
+        out["NMI"] = nmi(embeddings, labels)
+    return out

@@ -1,0 +1,134 @@
+"""Metrics against brute-force loops and against pytorch-metric-learning's AccuracyCalculator."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bgtutorial.metrics import knn, map_at_r, nmi, recall_at_k, retrieval_metrics
+
+
+def brute_recall(x, y, ks):
+    n = len(x)
+    out = {k: 0 for k in ks}
+    for i in range(n):
+        d = [(float(((x[i] - x[j]) ** 2).sum()), j) for j in range(n) if j != i]
+        order = [j for _, j in sorted(d)]
+        for k in ks:
+            out[k] += any(y[j] == y[i] for j in order[:k])
+    return {k: v / n for k, v in out.items()}
+
+
+def brute_map_at_r(x, y):
+    n, aps = len(x), []
+    for i in range(n):
+        r = sum(int(y[j] == y[i]) for j in range(n) if j != i)
+        if r == 0:
+            continue
+        order = [j for _, j in sorted((float(((x[i] - x[j]) ** 2).sum()), j) for j in range(n) if j != i)]
+        hits, s = 0, 0.0
+        for rank, j in enumerate(order[:r], 1):
+            if y[j] == y[i]:
+                hits += 1
+                s += hits / rank
+        aps.append(s / r)
+    return sum(aps) / len(aps)
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 6, (90,), generator=g)
+    x = torch.randn(90, 8, generator=g) + 0.8 * torch.nn.functional.one_hot(y, 8).float()
+    return x, y
+
+
+def test_recall_matches_brute_force(data):
+    x, y = data
+    ours = recall_at_k(x, y, ks=(1, 2, 4, 8))
+    ref = brute_recall(x, y.tolist(), (1, 2, 4, 8))
+    for k in ref:
+        assert ours[k] == pytest.approx(ref[k], abs=1e-9)
+    assert ours[1] <= ours[2] <= ours[4] <= ours[8]
+
+
+def test_chunking_does_not_change_the_result(data):
+    x, y = data
+    full = knn(x, 5, chunk_size=10_000)
+    assert torch.equal(knn(x, 5, chunk_size=7), full)
+    assert recall_at_k(x, y, chunk_size=13) == recall_at_k(x, y, chunk_size=1000)
+
+
+def test_query_excluded_from_its_own_neighbours(data):
+    x, _ = data
+    nn = knn(x, 3)
+    assert not (nn == torch.arange(len(x))[:, None]).any()
+    # duplicate points: the twin is the nearest, the point itself is never returned
+    x2 = torch.cat([x[:5], x[:5]])
+    assert torch.equal(knn(x2, 1)[:, 0], torch.tensor([5, 6, 7, 8, 9, 0, 1, 2, 3, 4]))
+
+
+def test_known_values():
+    x = torch.tensor([[0.0], [0.1], [1.0], [1.1], [5.0], [5.2]])
+    y = torch.tensor([0, 0, 1, 1, 0, 2])
+    # NN: 0->1 ok, 1->0 ok, 2->3 ok, 3->2 ok, 4->5 wrong, 5->4 wrong
+    assert recall_at_k(x, y, ks=(1,))[1] == pytest.approx(4 / 6)
+    assert map_at_r(x, y) == pytest.approx(brute_map_at_r(x, y.tolist()))
+
+
+def test_map_at_r_matches_brute_force(data):
+    x, y = data
+    assert map_at_r(x, y) == pytest.approx(brute_map_at_r(x, y.tolist()), abs=1e-6)
+
+
+def test_perfect_embedding_scores_one():
+    y = torch.arange(5).repeat_interleave(10)
+    x = torch.nn.functional.one_hot(y, 5).float() + 0.01 * torch.randn(50, 5)
+    m = retrieval_metrics(x, y)
+    assert m["R@1"] == m["MAP@R"] == pytest.approx(1.0) and m["NMI"] == pytest.approx(1.0)
+
+
+def test_against_pytorch_metric_learning(data):
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    x, y = data
+    calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count")
+    ref = calc.get_accuracy(x, y, ref_includes_query=True)
+    assert recall_at_k(x, y, ks=(1,))[1] == pytest.approx(ref["precision_at_1"], abs=1e-6)
+    assert map_at_r(x, y) == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-5)
+
+
+def test_nmi_against_contingency_formula(data):
+    from sklearn.cluster import KMeans
+
+    x, y = data
+    pred = KMeans(n_clusters=6, n_init=1, random_state=0).fit_predict(x.numpy())
+    yy = y.numpy()
+    n = len(yy)
+    cont = np.zeros((6, 6))
+    for a, b in zip(yy, pred):
+        cont[a, b] += 1
+    pa, pb = cont.sum(1) / n, cont.sum(0) / n
+    mi = sum(cont[i, j] / n * math.log(cont[i, j] / n / (pa[i] * pb[j]))
+             for i in range(6) for j in range(6) if cont[i, j] > 0)
+    h = lambda p: -sum(v * math.log(v) for v in p if v > 0)  # noqa: E731
+    assert nmi(x, y) == pytest.approx(mi / ((h(pa) + h(pb)) / 2), abs=1e-9)
+
+
+def test_bounded_memory_at_scale():
+    # 12,000 x 512: chunked; must run without building the 12k x 12k matrix at once
+    x = torch.randn(12_000, 512)
+    y = torch.randint(0, 100, (12_000,))
+    r = recall_at_k(x, y, chunk_size=2048)
+    assert 0 <= r[1] <= r[8] <= 1
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        recall_at_k(torch.randn(5), torch.arange(5))
+    with pytest.raises(ValueError, match="labels must be"):
+        recall_at_k(torch.randn(5, 2), torch.arange(4))
+    with pytest.raises(ValueError, match="at least 2"):
+        recall_at_k(torch.randn(1, 2), torch.arange(1))
+    with pytest.raises(ValueError, match="metric"):
+        knn(torch.randn(5, 2), 1, metric="manhattan")
