@@ -1,0 +1,154 @@
+"""Model, loss, config/CLI and the training engine (checkpoints, kill and resume)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from bgtutorial.losses import MetricLoss
+from bgtutorial.models import RetrievalNet, backbone_weights, build_backbone
+from bgtutorial.train import Config, load_checkpoint, load_config, main, train
+
+TINY = dict(views=1, epochs=2, batch_size=20, m=4, steps_per_epoch=6, eval_nmi=False, progress=False, embed_dim=16)
+
+
+@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet50", 2048), ("smallcnn", 256)])
+def test_backbones_pool_to_features(name, dim):
+    net, d = build_backbone(name, pretrained=False)
+    assert d == dim
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 64, 64)).shape == (2, dim)
+
+
+def test_pretrained_weights_resolve_through_torchvision_api():
+    w = backbone_weights("resnet50")
+    assert isinstance(w, torchvision.models.ResNet50_Weights) and w.url.startswith("https://download.pytorch.org/")
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*resnet50"):
+        RetrievalNet("vgg", pretrained=False)
+
+
+def test_retrieval_net_contract():
+    net = RetrievalNet("smallcnn", embed_dim=32, pretrained=False)
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 0, 1, 1, 2, 2])
+    net.eval()
+    e = net(x)
+    assert e.shape == (6, 32) and torch.allclose(e.norm(dim=1), torch.ones(6), atol=1e-5)
+    net.train()
+    e2, y2 = net(x, y)
+    assert e2.shape == (6, 32) and torch.equal(y2, y)
+
+
+def test_plain_weight_splits_the_doubled_batch():
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    y = torch.tensor([0, 0, 1, 1] * 2)
+    joint = MetricLoss("proxy_anchor", 3, 16)
+    split = MetricLoss("proxy_anchor", 3, 16, plain_weight=0.25)
+    split.load_state_dict(joint.state_dict())
+    expect = 0.25 * joint(emb[:4], y[:4]) + 0.75 * joint(emb[4:], y[4:])
+    torch.testing.assert_close(split(emb, y, batch_size=4), expect)
+    assert not torch.allclose(joint(emb, y, batch_size=4), expect)
+    assert MetricLoss("multi_similarity", 3, 16)(emb, y) >= 0
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        load_config("digits", backbone="alexnet")
+    with pytest.raises(ValueError, match="multiple of m"):
+        load_config("digits", batch_size=50, m=12)
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_config("imagenet")
+    with pytest.raises(ValueError, match="unknown config field 'lr_max'"):
+        load_config("digits", lr_max=1.0)
+    assert load_config("digits-batchformer").batch_module == "batchformer"
+
+
+def test_too_few_classes_for_sampler(tmp_path):
+    cfg = load_config("digits", batch_size=24, m=4, out=str(tmp_path), **{k: v for k, v in TINY.items()
+                                                                          if k not in ("batch_size", "m")})
+    with pytest.raises(ValueError, match="needs 6 distinct classes but the data has only 5"):
+        train(cfg)
+
+
+def test_cli_bad_config_exits_with_message(capsys):
+    assert main(["--preset", "digits", "--batch_size", "50"]) == 2
+    assert "multiple of m" in capsys.readouterr().err
+
+
+def test_presets_load_and_name_their_sources():
+    cub = load_config("cub-resnet50")
+    assert (cub.backbone, cub.embed_dim, cub.loss, cub.batch_size % cub.m) == ("resnet50", 512, "proxy_anchor", 0)
+    text = (Path(__file__).parents[1] / "bgtutorial/configs/cub-resnet50.toml").read_text()
+    assert "Kim et al." in text
+    assert load_config("smoke").dataset == "fake-cub"
+
+
+def test_training_improves_and_writes_artifacts(tmp_path):
+    cfg = load_config("digits", out=str(tmp_path), **{**TINY, "epochs": 3, "steps_per_epoch": 15})
+    h = train(cfg)
+    assert [e["epoch"] for e in h["epochs"]] == [1, 2, 3]
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["epochs"][-1]["R@1"] == h["epochs"][-1]["R@1"]
+    assert h["epochs"][-1]["loss"] < h["epochs"][0]["loss"]
+    ck = load_checkpoint(tmp_path / "last.pt")     # weights_only=True load must work
+    assert ck["epoch"] == 3 and ck["batch"] == 0
+    assert not list(tmp_path.glob("*.tmp*"))       # atomic writes leave no temporary file
+
+
+def test_missing_checkpoint_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train first"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def _cmd(out):
+    args = [sys.executable, "-m", "bgtutorial.train", "--preset", "digits", "--out", str(out),
+            "--ckpt_every", "1"]
+    for k, v in {**TINY, "epochs": 3, "steps_per_epoch": 8, "batch_module": "batchformer"}.items():
+        args += [f"--{k}", str(v)]
+    return args
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    subprocess.run(_cmd(ref), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last, killed_at = cut / "last.pt", None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file():
+            try:
+                ck = torch.load(last, weights_only=True)
+            except Exception:
+                ck = None
+            if ck is not None and ck["epoch"] * 8 + ck["batch"] >= 11:   # mid-way through epoch 2
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_at = ck["epoch"] * 8 + ck["batch"]
+                break
+        time.sleep(0.02)
+    assert killed_at is not None, "the run ended before it could be killed"
+    ck = torch.load(last, weights_only=True)
+    assert ck["epoch"] * 8 + ck["batch"] < 24, "the kill must happen before the end"
+    done = subprocess.run(_cmd(cut) + ["--resume"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr
+    a, b = torch.load(ref / "last.pt", weights_only=True), torch.load(last, weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["loss"]:
+        assert torch.equal(a["loss"][key], b["loss"][key]), key
+    ha, hb = json.loads((ref / "history.json").read_text()), json.loads((cut / "history.json").read_text())
+    assert [s["loss"] for s in ha["steps"]] == [s["loss"] for s in hb["steps"]]
+    assert [e["R@1"] for e in ha["epochs"]] == [e["R@1"] for e in hb["epochs"]]
