@@ -1,1 +1,14 @@
-"""bgtutorial."""
+"""bgtutorial: tested, readable BatchFormer and BGFormer for CUB-200-2011 retrieval.
+
+Public names (kept short): the batch modules, the network, the metrics' entry point,
+and the device/seed helpers. Everything else lives in its submodule
+(``bgtutorial.data``, ``bgtutorial.train``, ``bgtutorial.plots``, ...).
+"""
+from .batchformer import BatchFormer
+from .metrics import recall_at_k, retrieval_metrics
+from .models import RetrievalNet
+from .utils import device, seed_everything, smoke_mode
+
+__all__ = ["BatchFormer", "RetrievalNet", "recall_at_k", "retrieval_metrics", "device", "seed_everything",
+           "smoke_mode"]
+__version__ = "0.1.0"

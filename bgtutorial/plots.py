@@ -1,0 +1,148 @@
+"""Figures used by the notebooks and the demo (matplotlib, PNG-friendly)."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from einops import rearrange
+
+from .data.cub import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["to_display", "image_grid", "class_balance", "plot_history", "compare_histories",
+           "retrieval_gallery", "embedding_projection", "attention_heatmap"]
+
+
+def to_display(img: torch.Tensor) -> np.ndarray:
+    """(3, H, W) tensor, ImageNet-normalised or in [0, 1] -> (H, W, 3) array in [0, 1]."""
+    img = img.detach().float().cpu()
+    if img.min() < 0 or img.max() > 1:   # undo ImageNet normalisation
+        img = img * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    return rearrange(img.clamp(0, 1), "c h w -> h w c").numpy()
+
+
+def image_grid(images: Sequence[torch.Tensor], titles: Sequence[str] | None = None, ncols: int = 8,
+               size: float = 1.6, borders: Sequence[str | None] | None = None) -> plt.Figure:
+    """Images (3, H, W) in a grid, optional titles and coloured borders."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.1), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, img in enumerate(images):
+        ax = axes.flat[i]
+        ax.imshow(to_display(img))
+        if titles:
+            ax.set_title(titles[i], fontsize=7)
+        if borders and borders[i]:
+            ax.axis("on")
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(borders[i])
+                spine.set_linewidth(3)
+    fig.tight_layout()
+    return fig
+
+
+def class_balance(labels: Sequence[int], title: str = "images per class") -> plt.Figure:
+    """Bar chart of the number of samples of each class."""
+    counts = Counter(int(v) for v in labels)
+    keys = sorted(counts)
+    fig, ax = plt.subplots(figsize=(7, 2.5))
+    ax.bar(keys, [counts[k] for k in keys], width=1.0)
+    ax.set_xlabel("label")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: dict, metrics: Sequence[str] = ("R@1", "MAP@R"), label: str | None = None,
+                 axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
+    """Training loss per step (and per-epoch mean) and test metrics per epoch (epoch 0 = before training)."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3))
+    fig = axes[0].figure
+    steps = history["steps"]
+    if steps:
+        axes[0].plot([s["loss"] for s in steps], alpha=0.6, label=label)
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training loss")
+    epochs = [0] + [e["epoch"] for e in history["epochs"]]
+    for ax, m in zip(axes[1:], metrics):
+        ax.plot(epochs, [history["initial"][m]] + [e[m] for e in history["epochs"]], marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"test {m} (unseen classes)")
+    if label:
+        for ax in axes:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def compare_histories(histories: dict[str, dict], metrics: Sequence[str] = ("R@1", "MAP@R")) -> plt.Figure:
+    """Several runs' curves on shared axes, one colour per run."""
+    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3))
+    for name, h in histories.items():
+        plot_history(h, metrics, label=name, axes=axes)
+    return fig
+
+
+def retrieval_gallery(dataset, embeddings: torch.Tensor, labels: torch.Tensor, queries: Sequence[int],
+                      k: int = 5) -> plt.Figure:
+    """Each query (left, blue) and its k nearest neighbours, green when right, red when wrong."""
+    from .metrics import knn
+
+    nn_idx = knn(embeddings, k)
+    images, titles, borders = [], [], []
+    for q in queries:
+        images.append(dataset[q][0])
+        titles.append(f"query {int(labels[q])}")
+        borders.append("tab:blue")
+        for j in nn_idx[q].tolist():
+            images.append(dataset[j][0])
+            ok = int(labels[j]) == int(labels[q])
+            titles.append(f"{int(labels[j])}" + (" ✓" if ok else " ✗"))
+            borders.append("tab:green" if ok else "tab:red")
+    return image_grid(images, titles, ncols=k + 1, borders=borders)
+
+
+def embedding_projection(embeddings: torch.Tensor, labels: torch.Tensor, method: str = "pca",
+                         title: str = "") -> plt.Figure:
+    """2-D projection of embeddings coloured by class: PCA (fast) or t-SNE (scikit-learn)."""
+    x = embeddings.detach().float().cpu()
+    if method == "pca":
+        x = x - x.mean(0)
+        _, _, v = torch.pca_lowrank(x, q=2, center=False)
+        xy = (x @ v[:, :2]).numpy()
+    elif method == "tsne":
+        from sklearn.manifold import TSNE
+        xy = TSNE(2, init="pca", random_state=0, perplexity=min(30, len(x) - 1)).fit_transform(x.numpy())
+    else:
+        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(labels), cmap="tab20", s=6)
+    ax.set_title(title or f"test embeddings ({method.upper()})")
+    ax.set_xticks([]), ax.set_yticks([])
+    if len(np.unique(np.asarray(labels))) <= 10:
+        ax.legend(*sc.legend_elements(), fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def attention_heatmap(weights: torch.Tensor, labels: torch.Tensor | None = None, title: str = "attention") -> plt.Figure:
+    """A (B, B) attention or adjacency matrix, samples sorted by label so class blocks show."""
+    w = weights.detach().float().cpu()
+    if labels is not None:
+        order = torch.argsort(torch.as_tensor(labels), stable=True)
+        w = w[order][:, order]
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    im = ax.imshow(w.numpy(), cmap="viridis")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title)
+    ax.set_xlabel("key sample")
+    ax.set_ylabel("query sample")
+    fig.tight_layout()
+    return fig
