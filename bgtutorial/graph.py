@@ -1,0 +1,78 @@
+"""The batch graph of BGFormer: visual (feature kNN) and semantic (label) relations in a mini-batch.
+
+METHOD.md, "BGFormer" items 1-2. Adjacencies are boolean (B, B) matrices, row i listing the
+samples node i may draw from; every node is its own neighbour.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+
+__all__ = ["visual_graph", "semantic_graph", "normalize_adjacency", "BatchGraph"]
+
+
+@torch.no_grad()
+def visual_graph(x: torch.Tensor, k: int) -> torch.Tensor:
+    """kNN adjacency (B, B) bool from similarities ``S = x xᵀ``: row i keeps its top-k entries.
+
+    The node itself is always kept (it counts as one of the k), so each row has exactly
+    ``min(k, B)`` neighbours; ``k >= B`` gives the full graph. Ties are broken by index.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"visual_graph expects features (B, D), got shape {tuple(x.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (the node itself), got {k}")
+    b = x.shape[0]
+    if k >= b:
+        return torch.ones(b, b, dtype=torch.bool, device=x.device)
+    sim = x.float() @ x.float().T                                   # (B, B)
+    sim.fill_diagonal_(float("inf"))                                # self first
+    idx = sim.topk(k, dim=1).indices                                # (B, k)
+    adj = torch.zeros(b, b, dtype=torch.bool, device=x.device)
+    return adj.scatter_(1, idx, True)
+
+
+def semantic_graph(y: torch.Tensor, require_positive: bool = False) -> torch.Tensor:
+    """Same-label adjacency (B, B) bool: ``Y[i, j] = (y_i == y_j)`` (the diagonal is True).
+
+    With ``require_positive``, a batch where no two samples share a label raises: the
+    semantic path would then carry no relation at all.
+    """
+    if y.ndim != 1:
+        raise ValueError(f"labels must be (B,), got shape {tuple(y.shape)}")
+    adj = rearrange(y, "i -> i 1") == rearrange(y, "j -> 1 j")
+    if require_positive and int(adj.sum()) == y.numel():
+        raise ValueError("the batch has no positive pair (no two samples share a label), so the label graph is "
+                         "empty; build batches with MPerClassBatchSampler and m >= 2")
+    return adj
+
+
+def normalize_adjacency(a: torch.Tensor, add_self_loops: bool = True) -> torch.Tensor:
+    """Symmetric normalisation ``D^-1/2 (A + I) D^-1/2`` with D the row sums of ``A + I`` (float (B, B))."""
+    a = a.float()
+    if add_self_loops:
+        a = a + torch.eye(a.shape[0], device=a.device)
+    d = a.sum(1).clamp_min(1e-12).rsqrt()                           # (B,)
+    return rearrange(d, "i -> i 1") * a * rearrange(d, "j -> 1 j")
+
+
+@dataclass
+class BatchGraph:
+    """The two graphs of one batch: ``visual`` (B, B) bool, ``semantic`` (B, B) bool or None
+    (no labels), ``semantic_norm`` its normalised float version (or None)."""
+    visual: torch.Tensor
+    semantic: torch.Tensor | None = None
+    semantic_norm: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, x: torch.Tensor, y: torch.Tensor | None, k: int, require_positive: bool = False) -> "BatchGraph":
+        """Visual kNN graph of features ``x`` (B, D) and, when labels are given, the label graph."""
+        sem = semantic_graph(y, require_positive) if y is not None else None
+        return cls(visual_graph(x, k), sem, normalize_adjacency(sem) if sem is not None else None)
+
+    @property
+    def density(self) -> float:
+        """Share of the B² visual edges kept."""
+        return float(self.visual.float().mean())
