@@ -38,7 +38,7 @@ from .data import (CUB200, DigitsRetrieval, MPerClassBatchSampler, download_cub,
 from .losses import LOSSES, MetricLoss
 from .metrics import retrieval_metrics
 from .models import BACKBONES, RetrievalNet
-from .utils import autocast_dtype, device, seed_everything
+from .utils import autocast_dtype, bars_disabled, device, seed_everything
 
 __all__ = ["Config", "load_config", "train", "evaluate", "embed_dataset", "build_datasets", "build_model",
            "load_checkpoint", "PRESETS"]
@@ -232,15 +232,6 @@ def build_model(cfg: Config, num_classes: int) -> tuple[RetrievalNet, MetricLoss
     return model, loss
 
 
-def _env_no_bars() -> bool:
-    return os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
-
-
-def _no_bars(cfg: Config) -> bool:
-    """Progress bars unless the config turns them off or ``TQDM_DISABLE=1`` (CI) does."""
-    return not cfg.progress or _env_no_bars()
-
-
 # ------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def embed_dataset(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, dev: torch.device | None = None,
@@ -253,7 +244,7 @@ def embed_dataset(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, 
                         pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(0))
     embs, labels = [], []
     dtype = autocast_dtype(dev)
-    for x, y in tqdm(loader, desc="embed", leave=False, disable=not progress or _env_no_bars()):
+    for x, y in tqdm(loader, desc="embed", leave=False, disable=bars_disabled(progress)):
         x = x.to(dev, non_blocking=True)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -363,7 +354,7 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
     dtype = autocast_dtype(dev) if cfg.amp else None
     loader_kwargs = dict(num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
                          persistent_workers=False)
-    epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.preset}", disable=_no_bars(cfg),
+    epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.preset}", disable=bars_disabled(cfg.progress),
                       initial=start_epoch, total=cfg.epochs)
     for epoch in epochs_bar:
         model.train()
@@ -373,7 +364,7 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
         loader = DataLoader(SeededSamples(train_ds), batch_sampler=SeededBatches(sampler, cfg.seed),
                             generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch), **loader_kwargs)
         t0, n_images = time.perf_counter(), 0
-        steps = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=_no_bars(cfg),
+        steps = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=bars_disabled(cfg.progress),
                      initial=sampler.start_batch, total=steps_per_epoch)
         for batch_idx, (x, y) in enumerate(steps, start=sampler.start_batch):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)

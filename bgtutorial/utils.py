@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype"]
+__all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled"]
 
 
 def device(prefer: str | None = None) -> torch.device:
@@ -40,3 +40,8 @@ def seed_everything(seed: int) -> None:
 def smoke_mode() -> bool:
     """True when the environment variable ``BGT_SMOKE=1`` asks for tiny, fast runs (CI)."""
     return os.environ.get("BGT_SMOKE", "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def bars_disabled(progress: bool = True) -> bool:
+    """True when progress bars should be hidden: ``progress=False`` or ``TQDM_DISABLE=1`` (CI)."""
+    return not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
