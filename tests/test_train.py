@@ -152,3 +152,18 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     ha, hb = json.loads((ref / "history.json").read_text()), json.loads((cut / "history.json").read_text())
     assert [s["loss"] for s in ha["steps"]] == [s["loss"] for s in hb["steps"]]
     assert [e["R@1"] for e in ha["epochs"]] == [e["R@1"] for e in hb["epochs"]]
+
+
+def test_cub_resnet50_preset_path_runs_on_synthetic_archive(tmp_path):
+    """The full GPU preset's code path (CUB loader, ResNet-50, step schedule, module lr group) on CPU."""
+    cfg = load_config("cub-resnet50-batchformer", dataset="fake-cub", data_root=str(tmp_path / "data"),
+                      out=str(tmp_path / "run"), pretrained=False, image_size=64, epochs=1, steps_per_epoch=2,
+                      batch_size=8, m=4, fake_classes=6, fake_per_class=4, num_workers=0, eval_nmi=False,
+                      progress=False)
+    h = train(cfg)
+    assert h["epochs"][0]["epoch"] == 1 and len(h["steps"]) == 2
+    ck = load_checkpoint(tmp_path / "run" / "last.pt")
+    lrs = [g["lr"] for g in ck["optimizer"]["param_groups"]]
+    # backbone/head, proxies (x100), BatchFormer (x0.1), after the step schedule's first epoch
+    assert lrs == pytest.approx([1e-4, 1e-2, 1e-5])
+    assert any(k.startswith("batch_module.") for k in ck["model"])
