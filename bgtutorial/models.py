@@ -102,6 +102,9 @@ class RetrievalNet(nn.Module):
         self.batch_module = make_batch_module(batch_module, self.feat_dim, **(batch_module_kwargs or {}))
         self.head = nn.Linear(self.feat_dim, embed_dim)
         self.embed_dim = embed_dim
+        #: optional ``(features, labels) -> (features, labels)`` applied in training before the
+        #: batch module, e.g. :class:`bgtutorial.distributed.GatherBatch` (global batch under DDP)
+        self.gather = None
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, D)."""
@@ -115,6 +118,8 @@ class RetrievalNet(nn.Module):
         f = self.features(images)                                    # (B, D)
         if labels is None:
             return self.embed(f)                                     # test time: no batch module
+        if self.training and self.gather is not None:
+            f, labels = self.gather(f, labels)                       # (W·B, D): the global batch
         if self.training and self.batch_module is not None:
             f, labels = self.batch_module.augment(f, labels)         # (2B, D), (2B,)
         return self.embed(f), labels

@@ -90,6 +90,8 @@ class Config:
     device: str = ""                   # "" = CUDA when present, else CPU
     amp: bool = True                   # bf16 autocast, CUDA only
     ckpt_every: int = 0                # also save last.pt every N steps (0: once per epoch)
+    bn_freeze: bool = False            # BatchNorm layers kept in eval mode while training (Kim et al.'s code)
+    global_batch: bool = False         # under torchrun: the batch module and the loss see the global batch
     eval_nmi: bool = True
     progress: bool = True
 
@@ -166,10 +168,15 @@ class SeededSamples(Dataset):
 
 
 class SeededBatches:
-    """Turns a batch sampler's index lists into ``(index, seed)`` lists for :class:`SeededSamples`."""
+    """Turns a batch sampler's index lists into ``(index, seed)`` lists for :class:`SeededSamples`.
+
+    A sample's seed depends on its position in the *global* batch, so one process and N ranks
+    (each holding a slice) augment every sample identically.
+    """
 
     def __init__(self, sampler: MPerClassBatchSampler, seed: int) -> None:
         self.sampler, self.seed = sampler, seed
+        self.offset = sampler.rank * (sampler.batch_size // sampler.world_size)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -178,7 +185,7 @@ class SeededBatches:
         s = self.sampler
         for b, batch in enumerate(iter(s), start=s.start_batch):
             base = ((self.seed * 1_000_003 + s.epoch) * 1_000_003 + b) * 10_007
-            yield [(i, (base + j) % 2**62) for j, i in enumerate(batch)]
+            yield [(i, (base + self.offset + j) % 2**62) for j, i in enumerate(batch)]
 
 
 class _NoisyLabels(Dataset):
@@ -293,14 +300,31 @@ def _lr_lambda(cfg: Config, steps_per_epoch: int):
 
 
 # --------------------------------------------------------------------------------- training
+def set_train_mode(model: torch.nn.Module, bn_freeze: bool) -> None:
+    """``model.train()``, with BatchNorm layers left in eval mode when ``bn_freeze``."""
+    model.train()
+    if bn_freeze:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
     """Train ``cfg``; return the history (also written to ``<run_dir>/history.json``).
 
     ``callback(history)`` is called after every evaluation (live plots in notebooks).
+    Under torchrun (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel: ``batch_size``
+    is the global batch, each rank takes its slice; rank 0 evaluates and writes the files.
     """
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .distributed import GatherBatch, setup
+
     cfg.validate()
+    rank, world_size, local_rank = setup()
     seed_everything(cfg.seed)
-    dev = device(cfg.device or None)
+    dev = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() else device(cfg.device or None)
+    lead = rank == 0
     run = cfg.run_dir
     run.mkdir(parents=True, exist_ok=True)
     train_ds, test_ds = build_datasets(cfg)
@@ -309,6 +333,12 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
     criterion.to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    if world_size > 1 and dev.type == "cuda" and not cfg.bn_freeze:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if world_size > 1 and cfg.global_batch:
+        model.gather = GatherBatch()
+    net = DistributedDataParallel(model, device_ids=[local_rank] if dev.type == "cuda" else None) \
+        if world_size > 1 else model
     module_params = list(model.batch_module.parameters()) if model.batch_module is not None else []
     module_ids = {id(p) for p in module_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in module_ids], "lr": cfg.lr},
@@ -317,7 +347,8 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
         groups.append({"params": module_params, "lr": cfg.lr * cfg.module_lr_mult})
     groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = MPerClassBatchSampler(train_ds.targets, cfg.m, cfg.batch_size, cfg.steps_per_epoch or None, cfg.seed)
+    sampler = MPerClassBatchSampler(train_ds.targets, cfg.m, cfg.batch_size, cfg.steps_per_epoch or None, cfg.seed,
+                                    rank=rank, world_size=world_size)
     steps_per_epoch = sampler.num_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
     history: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(dev), "initial": None,
@@ -335,9 +366,12 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
             torch.cuda.set_rng_state(ck["rng_cuda"])
         history = json.loads(ck["history"])
         start_epoch, start_batch = ck["epoch"], ck["batch"]
-        print(f"resumed from {last}: epoch {start_epoch}, batch {start_batch}", file=sys.stderr)
+        if lead:
+            print(f"resumed from {last}: epoch {start_epoch}, batch {start_batch}", file=sys.stderr)
 
     def save_last(epoch: int, batch: int) -> None:
+        if not lead:
+            return
         state = {"model": model.state_dict(), "loss": criterion.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(), "epoch": epoch,
                  "batch": batch, "history": json.dumps(history), "config": json.dumps(dataclasses.asdict(cfg))}
@@ -346,18 +380,23 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
         _atomic_save(state, last)
 
     def eval_now() -> dict[str, float]:
-        return evaluate(model, test_ds, cfg.eval_batch_size, cfg.eval_nmi, dev)
+        """Rank 0 evaluates; the other ranks wait for it (and get an empty dict)."""
+        metrics = evaluate(model, test_ds, cfg.eval_batch_size, cfg.eval_nmi, dev) if lead else {}
+        if world_size > 1:
+            torch.distributed.barrier()
+        return metrics
 
     if history["initial"] is None:
         history["initial"] = eval_now()
-        _atomic_json(history, run / "history.json")
+        if lead:
+            _atomic_json(history, run / "history.json")
     dtype = autocast_dtype(dev) if cfg.amp else None
     loader_kwargs = dict(num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
                          persistent_workers=False)
     epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.preset}", disable=bars_disabled(cfg.progress),
                       initial=start_epoch, total=cfg.epochs)
     for epoch in epochs_bar:
-        model.train()
+        set_train_mode(model, cfg.bn_freeze)
         sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
         # the loader's own generator: creating its iterator must not draw from the global RNG,
         # whose state the checkpoint carries (a resumed run would otherwise drift)
@@ -371,13 +410,17 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
             if dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                emb, y2 = model(x, y)
-            loss = criterion(emb, y2, batch_size=x.shape[0])
+                emb, y2 = net(x, y)
+            loss = criterion(emb, y2, batch_size=x.shape[0] * (world_size if model.gather else 1))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, batch {batch_idx}; "
                                          f"lower lr (now {cfg.lr}) or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world_size > 1:            # the proxies live outside DDP: average their gradients by hand
+                for p in criterion.proxy_parameters():
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world_size
             optimizer.step()
             scheduler.step()
             n_images += x.shape[0]
@@ -388,6 +431,8 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
                 save_last(epoch, batch_idx + 1)
         seconds = time.perf_counter() - t0
         metrics = eval_now()
+        if not lead:
+            continue
         epoch_losses = [s["loss"] for s in history["steps"] if s["epoch"] == epoch]
         record = {"epoch": epoch + 1, "loss": sum(epoch_losses) / max(1, len(epoch_losses)), **metrics,
                   "train_seconds": seconds, "images_per_s": n_images / max(seconds, 1e-9)}
@@ -423,7 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         kind = {bool: _parse_bool, int: int, float: float, str: str, dict: json.loads}[
             {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}[f.type]]
-        p.add_argument(f"--{f.name}", type=kind, default=None, help=argparse.SUPPRESS if f.name == "progress" else None)
+        # torchrun's own parser takes "--m" for an abbreviation of its options: "--m_per_class" is the alias to use there
+        names = [f"--{f.name}"] + (["--m_per_class"] if f.name == "m" else [])
+        p.add_argument(*names, dest=f.name, type=kind, default=None,
+                       help=argparse.SUPPRESS if f.name == "progress" else None)
     return p
 
 
@@ -447,7 +495,13 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.dataset == "cub" and not torch.cuda.is_available():
         print("warning: the CUB-200 presets are meant for a CUDA GPU; on this CPU it will be very slow",
               file=sys.stderr)
+    from .distributed import teardown, world
+
     history = train(cfg, resume=args.resume)
+    rank = world()[0]
+    teardown()
+    if rank != 0:
+        return 0
     keys = ("R@1", "R@2", "R@4", "R@8", "MAP@R") + (("NMI",) if cfg.eval_nmi else ())
     print(format_table({"before": {k: history["initial"][k] for k in keys},
                         "after": {k: history["epochs"][-1][k] for k in keys}}))
