@@ -1,6 +1,8 @@
-"""Metric-learning losses: Proxy-Anchor (Kim et al., CVPR 2020) by default, multi-similarity as an option.
+"""Metric-learning losses: Proxy-Anchor (Kim et al., CVPR 2020) by default, multi-similarity as an
+option, and Hyp-ViT's hyperbolic pairwise cross-entropy (Ermolov et al., CVPR 2022) for the paper tier.
 
-Both come from pytorch-metric-learning. :class:`MetricLoss` adds what the batch modules
+Proxy-Anchor and multi-similarity come from pytorch-metric-learning; the hyperbolic loss,
+which no well-kept library ships, is written here (:class:`HyperbolicPairLoss`). :class:`MetricLoss` adds what the batch modules
 need: with a doubled batch (plain half first, module half second) the loss is either one
 loss over all 2B samples (BatchFormer's shared classifier, the default) or
 ``α·L(plain) + (1-α)·L(module)`` when ``plain_weight=α`` is given (BGFormer's follow-up).
@@ -8,11 +10,76 @@ loss over all 2B samples (BatchFormer's shared classifier, the default) or
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MetricLoss", "LOSSES"]
+__all__ = ["MetricLoss", "LOSSES", "HyperbolicPairLoss", "to_poincare", "poincare_distance"]
 
-LOSSES = ("proxy_anchor", "multi_similarity")
+LOSSES = ("proxy_anchor", "multi_similarity", "hyperbolic")
+
+
+def to_poincare(x: torch.Tensor, c: float = 0.1, clip_r: float | None = 2.3) -> torch.Tensor:
+    """Map Euclidean vectors (N, E) into the Poincaré ball of curvature -c: feature clipping to
+    norm ``clip_r`` (Guo et al. 2022), then the exponential map at 0, ``tanh(√c|x|) x / (√c|x|)``."""
+    norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-5)
+    if clip_r is not None:
+        x = x * torch.clamp(clip_r / norm, max=1.0)
+        norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-5)
+    sc = c ** 0.5
+    y = torch.tanh(sc * norm) * x / (sc * norm)
+    return y * torch.clamp((1 - 1e-3) / (sc * y.norm(dim=-1, keepdim=True).clamp_min(1e-5)), max=1.0)  # stay inside
+
+
+def poincare_distance(x: torch.Tensor, y: torch.Tensor, c: float = 0.1) -> torch.Tensor:
+    """Pairwise Poincaré distances (N, M): ``(2/√c) artanh(√c |(-x) ⊕_c y|)`` with Möbius addition ⊕_c."""
+    sc = c ** 0.5
+    xy = x @ y.T                                                    # (N, M)
+    x2 = (x * x).sum(-1, keepdim=True)                              # (N, 1)
+    y2 = (y * y).sum(-1, keepdim=True).T                            # (1, M)
+    # |(-x) ⊕ y|² written with inner products only
+    num = (1 - 2 * c * xy + c * y2) ** 2 * x2 - 2 * (1 - 2 * c * xy + c * y2) * (1 - c * x2) * xy \
+        + (1 - c * x2) ** 2 * y2
+    den = (1 - 2 * c * xy + c ** 2 * x2 * y2) ** 2
+    norm = (num.clamp_min(1e-15) / den.clamp_min(1e-15)).sqrt()   # clamp: finite gradient at d(x, x) = 0
+    return 2 / sc * torch.atanh((sc * norm).clamp(max=1 - 1e-5))
+
+
+class HyperbolicPairLoss(nn.Module):
+    """Hyp-ViT's pairwise cross-entropy in the Poincaré ball.
+
+    The batch holds P classes with ``m`` consecutive samples each (our m-per-class sampler).
+    For every ordered pair of views (i, j), i ≠ j, each class's view i must pick its own view j
+    among all classes' views j and the other samples' views i (themselves excluded), with
+    logits ``-d(x, y)/τ``. The mean over the m(m-1) pairs is returned.
+    """
+
+    def __init__(self, m: int, tau: float = 0.2, c: float = 0.1, clip_r: float | None = 2.3) -> None:
+        super().__init__()
+        if m < 2:
+            raise ValueError(f"the hyperbolic pair loss needs m >= 2 samples per class, got {m}")
+        self.m, self.tau, self.c, self.clip_r = m, tau, c, clip_r
+
+    def forward(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from einops import rearrange
+
+        if emb.shape[0] % self.m:
+            raise ValueError(f"batch of {emb.shape[0]} is not P classes x m={self.m} samples")
+        views = rearrange(to_poincare(emb.float(), self.c, self.clip_r), "(p m) e -> m p e", m=self.m)
+        labels = rearrange(y, "(p m) -> p m", m=self.m)
+        if not (labels == labels[:, :1]).all():
+            raise ValueError("the hyperbolic pair loss expects m consecutive samples of one class (MPerClassBatchSampler)")
+        p = views.shape[1]
+        target = torch.arange(p, device=emb.device)
+        self_mask = torch.eye(p, device=emb.device, dtype=torch.bool)
+        total = emb.new_zeros(())
+        for i in range(self.m):
+            same = -poincare_distance(views[i], views[i], self.c) / self.tau              # (P, P)
+            same = same.masked_fill(self_mask, float("-inf"))
+            for j in range(self.m):
+                if i != j:
+                    cross = -poincare_distance(views[i], views[j], self.c) / self.tau     # (P, P)
+                    total = total + F.cross_entropy(torch.cat([cross, same], 1), target)
+        return total / (self.m * (self.m - 1))
 
 
 class MetricLoss(nn.Module):
@@ -24,11 +91,15 @@ class MetricLoss(nn.Module):
         num_classes: training classes (proxies for Proxy-Anchor).
         embed_dim: embedding size E.
         plain_weight: ``None`` for one loss over the whole (possibly doubled) batch, or α in
-            [0, 1] to weight the plain half against the module half.
+            [0, 1] to weight the plain half against the module half (the hyperbolic loss
+            always scores the halves apart, equally weighted unless α is given).
+        m, tau, c, clip_r: the hyperbolic loss's samples per class, temperature, curvature and
+            clipping radius (Hyp-ViT's τ=0.2, c=0.1, r=2.3).
     """
 
     def __init__(self, name: str, num_classes: int, embed_dim: int, margin: float = 0.1, alpha: float = 32.0,
-                 plain_weight: float | None = None) -> None:
+                 plain_weight: float | None = None, m: int = 2, tau: float = 0.2, c: float = 0.1,
+                 clip_r: float | None = 2.3) -> None:
         super().__init__()
         from pytorch_metric_learning import losses, miners
 
@@ -40,6 +111,10 @@ class MetricLoss(nn.Module):
         self.miner = None
         if name == "proxy_anchor":
             self.loss = losses.ProxyAnchorLoss(num_classes, embed_dim, margin=margin, alpha=alpha)
+        elif name == "hyperbolic":
+            self.loss = HyperbolicPairLoss(m, tau, c, clip_r)
+            if plain_weight is None:       # the two halves each hold P groups of m: score them apart
+                self.plain_weight = 0.5
         else:
             self.loss = losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
             self.miner = miners.MultiSimilarityMiner(epsilon=0.1)

@@ -14,7 +14,10 @@ from torch import nn
 
 __all__ = ["RetrievalNet", "SmallCNN", "build_backbone", "backbone_weights", "BACKBONES", "make_batch_module"]
 
-BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "vit_s16")
+#: timm model names (with the pretrained tag) behind the ViT backbones: ViT-S/16 pretrained on
+#: ImageNet-21k, the backbone of Hyp-ViT and of BGFormer's reported CUB-200 results (METHOD.md)
+TIMM_MODELS = {"vit_s16": "vit_small_patch16_224.augreg_in21k"}
 
 
 class SmallCNN(nn.Module):
@@ -57,6 +60,11 @@ def build_backbone(name: str, pretrained: bool = True) -> tuple[nn.Module, int]:
     if name == "smallcnn":
         net = SmallCNN()
         return net, net.out_dim
+    if name in TIMM_MODELS:
+        import timm  # weights come through timm's pretrained API (a download only when pretrained=True)
+
+        net = timm.create_model(TIMM_MODELS[name], pretrained=pretrained, num_classes=0)   # (B, 384) CLS feature
+        return net, net.num_features
     net = torchvision.models.get_model(name, weights=backbone_weights(name) if pretrained else None)
     dim = net.fc.in_features
     net.fc = nn.Identity()     # torchvision's ResNet already pools globally before fc
@@ -89,6 +97,10 @@ class RetrievalNet(nn.Module):
         pretrained: load ImageNet weights (ResNets only).
         batch_module: ``None``, ``"batchformer"``, ``"bgformer"`` or a module with ``augment``.
         batch_module_kwargs: constructor options of the batch module.
+        normalize: L2-normalise embeddings in training too (True for Proxy-Anchor / MS). With
+            False (hyperbolic loss, which maps raw embeddings into the Poincaré ball itself) the
+            training embeddings are raw; at evaluation they are always L2-normalised, so
+            retrieval ranks by cosine similarity (our reading for the hyperbolic tier).
 
     ``forward(images)`` -> embeddings (B, E), L2-normalised. In training,
     ``forward(images, labels)`` -> ``(embeddings, labels)`` where a batch module may have
@@ -96,12 +108,13 @@ class RetrievalNet(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", embed_dim: int = 512, pretrained: bool = True,
-                 batch_module: str | nn.Module | None = None, batch_module_kwargs: dict | None = None) -> None:
+                 batch_module: str | nn.Module | None = None, batch_module_kwargs: dict | None = None,
+                 normalize: bool = True) -> None:
         super().__init__()
         self.backbone, self.feat_dim = build_backbone(backbone, pretrained)
         self.batch_module = make_batch_module(batch_module, self.feat_dim, **(batch_module_kwargs or {}))
         self.head = nn.Linear(self.feat_dim, embed_dim)
-        self.embed_dim = embed_dim
+        self.embed_dim, self.normalize = embed_dim, normalize
         #: optional ``(features, labels) -> (features, labels)`` applied in training before the
         #: batch module, e.g. :class:`bgtutorial.distributed.GatherBatch` (global batch under DDP)
         self.gather = None
@@ -111,8 +124,9 @@ class RetrievalNet(nn.Module):
         return self.backbone(images)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
-        """Shared head: linear map and L2 normalisation, (N, D) -> (N, E)."""
-        return F.normalize(self.head(features).float(), dim=1)
+        """Shared head: linear map and L2 normalisation, (N, D) -> (N, E) (raw in training when not ``normalize``)."""
+        e = self.head(features).float()
+        return e if (self.training and not self.normalize) else F.normalize(e, dim=1)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         f = self.features(images)                                    # (B, D)

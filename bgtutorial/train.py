@@ -43,7 +43,7 @@ from .utils import autocast_dtype, bars_disabled, device, seed_everything
 __all__ = ["Config", "load_config", "train", "evaluate", "embed_dataset", "build_datasets", "build_model",
            "load_checkpoint", "PRESETS"]
 
-PRESETS = ("digits", "smoke", "cub-resnet50")
+PRESETS = ("digits", "smoke", "cub-resnet50", "cub-vits")
 MODULES = ("none", "batchformer", "bgformer")
 
 
@@ -67,6 +67,9 @@ class Config:
     margin: float = 0.1
     alpha: float = 32.0
     proxy_lr_mult: float = 100.0
+    tau: float = 0.2                   # hyperbolic loss: temperature
+    curvature: float = 0.1             # hyperbolic loss: c of the Poincaré ball
+    clip_r: float = 2.3                # hyperbolic loss: feature clipping radius
     plain_weight: float = -1.0         # <0: one loss over the doubled batch; else α·L(plain)+(1-α)·L(module)
     # optimisation
     epochs: int = 8
@@ -85,6 +88,7 @@ class Config:
     fake_per_class: int = 8
     label_noise: float = 0.0           # share of training labels flipped (robustness study)
     num_workers: int = 0
+    cache_size: int = 0                # CUB only: >0 decodes and resizes images once into a memory-mapped cache
     eval_batch_size: int = 256
     # runtime
     device: str = ""                   # "" = CUDA when present, else CPU
@@ -224,8 +228,9 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
             if not (root / "CUB_200_2011").is_dir():
                 archive, md5 = make_fake_cub(root / "source", cfg.fake_classes, cfg.fake_per_class, seed=0)
                 download_cub(root, url=fake_cub_url(archive), md5=md5)
-        train = CUB200(root, "train", transform=train_transform(cfg.image_size))
-        test = CUB200(root, "test", transform=eval_transform(cfg.image_size))
+        cache = cfg.cache_size or None
+        train = CUB200(root, "train", transform=train_transform(cfg.image_size), cache_size=cache)
+        test = CUB200(root, "test", transform=eval_transform(cfg.image_size), cache_size=cache)
     if cfg.label_noise > 0:
         train = _NoisyLabels(train, flip_labels(train.targets, cfg.label_noise, cfg.seed))
     return train, test
@@ -233,9 +238,11 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
 
 def build_model(cfg: Config, num_classes: int) -> tuple[RetrievalNet, MetricLoss]:
     """The network and its loss (with proxies) for a config."""
-    model = RetrievalNet(cfg.backbone, cfg.embed_dim, cfg.pretrained, cfg.batch_module, cfg.module_kwargs)
+    model = RetrievalNet(cfg.backbone, cfg.embed_dim, cfg.pretrained, cfg.batch_module, cfg.module_kwargs,
+                         normalize=cfg.loss != "hyperbolic")
     loss = MetricLoss(cfg.loss, num_classes, cfg.embed_dim, cfg.margin, cfg.alpha,
-                      None if cfg.plain_weight < 0 else cfg.plain_weight)
+                      None if cfg.plain_weight < 0 else cfg.plain_weight, m=cfg.m, tau=cfg.tau, c=cfg.curvature,
+                      clip_r=cfg.clip_r)
     return model, loss
 
 

@@ -216,3 +216,20 @@ def test_bad_arguments():
         CUB200("/nonexistent", "val")
     with pytest.raises(ValueError, match="protocol"):
         CUB200("/nonexistent", "train", protocol="zero-shot")
+
+
+def test_image_cache_matches_resized_decode(tmp_path, fake_cub_root):
+    from torchvision import transforms as T
+
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    plain = CUB200(tmp_path, "test")
+    cached = CUB200(tmp_path, "test", cache_size=32)
+    files = list(base.glob(".cache-retrieval-test-32px.u8"))
+    assert len(files) == 1 and files[0].stat().st_size == len(plain) * 32 * 32 * 3
+    resize = T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor()])
+    for i in (0, 5, len(plain) - 1):
+        torch.testing.assert_close(cached[i][0], resize(plain.load_image(i)))
+        assert cached[i][1] == plain[i][1]
+    stamp = files[0].stat().st_mtime_ns
+    CUB200(tmp_path, "test", cache_size=32)            # reused, not rebuilt
+    assert files[0].stat().st_mtime_ns == stamp

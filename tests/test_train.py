@@ -1,5 +1,6 @@
 """Model, loss, config/CLI and the training engine (checkpoints, kill and resume)."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -167,3 +168,15 @@ def test_cub_resnet50_preset_path_runs_on_synthetic_archive(tmp_path):
     # backbone/head, proxies (x100), BatchFormer (x0.1), after the step schedule's first epoch
     assert lrs == pytest.approx([1e-4, 1e-2, 1e-5])
     assert any(k.startswith("batch_module.") for k in ck["model"])
+
+
+def test_cub_vits_preset_path_runs_on_synthetic_archive(tmp_path):
+    """The paper-tier preset (ViT-S/16, hyperbolic loss, BGFormer) end to end on CPU, random weights."""
+    cfg = load_config("cub-vits-bgformer", dataset="fake-cub", data_root=str(tmp_path / "data"),
+                      out=str(tmp_path / "run"), pretrained=False, epochs=1, steps_per_epoch=1, batch_size=6, m=3,
+                      fake_classes=6, fake_per_class=3, eval_nmi=False, progress=False, num_workers=0,
+                      module_kwargs={"num_heads": 8, "k": 3})
+    h = train(cfg)
+    assert cfg.loss == "hyperbolic" and cfg.backbone == "vit_s16"
+    assert len(h["steps"]) == 1 and math.isfinite(h["steps"][0]["loss"])
+    assert 0 <= h["epochs"][0]["R@1"] <= 1

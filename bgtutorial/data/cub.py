@@ -7,6 +7,7 @@ See ``../shared/docs/METHOD.md``, section "The task".
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 import urllib.parse
@@ -14,11 +15,13 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+from tqdm.auto import tqdm
 
 __all__ = [
     "CUB_URL", "CUB_MD5", "CUB_ARCHIVE", "CUB_FOLDER", "METADATA_FILES", "CUBDataError",
@@ -160,6 +163,10 @@ class CUB200(Dataset):
         transform: applied to the RGB PIL image; ``None`` gives the raw image as a float
             tensor (3, H, W) in [0, 1].
         download: fetch and extract the archive when it is not there yet.
+        cache_size: when set (e.g. 256), images are decoded once, resized (shorter side to
+            ``cache_size``, centre crop ``cache_size``²) and stored in a uint8 memory-mapped file
+            next to the data; later epochs, runs and DataLoader workers read pixels from it
+            instead of decoding JPEGs (see ``benchmarks/loader_speed.py``).
 
     Attributes: ``samples`` (list of (path, label)), ``targets`` (list of int),
     ``classes`` (class folder names, indexed by label), ``class_ids`` (official 1-based ids).
@@ -168,7 +175,7 @@ class CUB200(Dataset):
     def __init__(self, root: str | Path, split: Literal["train", "test"] = "train",
                  protocol: Literal["retrieval", "classification"] = "retrieval",
                  transform: Callable | None = None, download: bool = False,
-                 url: str = CUB_URL, md5: str | None = CUB_MD5) -> None:
+                 url: str = CUB_URL, md5: str | None = CUB_MD5, cache_size: int | None = None) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if protocol not in ("retrieval", "classification"):
@@ -227,18 +234,39 @@ class CUB200(Dataset):
                 f"{len(missing)} image(s) listed in {base / 'images.txt'} are absent, e.g. {missing[0]}. "
                 "The extraction is incomplete: delete the folder and extract the archive again.")
         self.targets = [lab for _, lab in self.samples]
+        self.cache = self._open_cache(cache_size) if cache_size else None
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load_image(self, index: int) -> Image.Image:
-        """The RGB PIL image of sample ``index`` (grayscale images are converted)."""
+    def _decode(self, index: int) -> Image.Image:
         path = self.samples[index][0]
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError) as err:
             raise CUBDataError(f"cannot read image {path} ({err}); the file is corrupt: extract again.") from err
+
+    def _open_cache(self, size: int) -> np.ndarray:
+        """Build (once, atomically) and memory-map the decoded, resized images: (N, size, size, 3) uint8."""
+        path = self.base / f".cache-{self.protocol}-{self.split}-{size}px.u8"
+        shape = (len(self.samples), size, size, 3)
+        if not path.is_file() or path.stat().st_size != int(np.prod(shape)):
+            resize = T.Compose([T.Resize(size), T.CenterCrop(size)])
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            for i in tqdm(range(len(self.samples)), desc=f"caching {self.split} images at {size}px", leave=False):
+                out[i] = np.asarray(resize(self._decode(i)))
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        return np.memmap(path, mode="r", dtype=np.uint8, shape=shape)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, index: int) -> Image.Image:
+        """The RGB PIL image of sample ``index`` (grayscale images are converted; from the cache when on)."""
+        if self.cache is not None:
+            return Image.fromarray(np.array(self.cache[index]))
+        return self._decode(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.load_image(index)), self.targets[index]

@@ -30,9 +30,9 @@ def _class_name(i: int) -> str:
     return f"{i:03d}.{name}"
 
 
-def _draw(rng: np.random.Generator, cls: int, gray: bool) -> bytes:
+def _draw(rng: np.random.Generator, cls: int, gray: bool, sizes: tuple[int, int] = (48, 96)) -> bytes:
     """One JPEG: a class-coloured shape on a noisy background, random size and position."""
-    w, h = int(rng.integers(48, 97)), int(rng.integers(48, 97))
+    w, h = int(rng.integers(sizes[0], sizes[1] + 1)), int(rng.integers(sizes[0], sizes[1] + 1))
     hue = np.array([(cls * 53) % 256, (cls * 97) % 256, (cls * 151) % 256])
     background = rng.integers(0, 256, size=3)
     arr = np.clip(background + rng.normal(0, 20, size=(h, w, 3)), 0, 255).astype(np.uint8)
@@ -64,13 +64,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def make_fake_cub(root: str | Path, num_classes: int = 200, per_class: int = 3, seed: int = 0,
-                  train_fraction: float = 0.5) -> tuple[Path, str]:
+                  train_fraction: float = 0.5, image_sizes: tuple[int, int] = (48, 96)) -> tuple[Path, str]:
     """Write ``root/CUB_200_2011.tgz`` in the official layout; return ``(path, md5)``.
 
     The archive holds ``CUB_200_2011/`` with ``images/NNN.Class_Name/*.jpg`` and the five
     metadata files (``images.txt``, ``image_class_labels.txt``, ``classes.txt``,
     ``train_test_split.txt``, ``bounding_boxes.txt``) plus ``README``, and a top-level
-    ``attributes.txt`` as the real one does. Deterministic for a given ``seed``.
+    ``attributes.txt`` as the real one does. Deterministic for a given ``seed``. Image sides
+    are drawn from ``image_sizes`` (real CUB images are about 500 px: use (300, 500) to time loaders).
     """
     if num_classes < 2 or per_class < 1:
         raise ValueError(f"need num_classes >= 2 and per_class >= 1, got {num_classes}, {per_class}")
@@ -90,7 +91,7 @@ def make_fake_cub(root: str | Path, num_classes: int = 200, per_class: int = 3, 
                 stem = folder.split(".", 1)[1]
                 rel = f"{folder}/{stem}_{k + 1:04d}_{image_id}.jpg"
                 gray = image_id % 7 == 3
-                _add(tar, f"{CUB_FOLDER}/images/{rel}", _draw(rng, c, gray))
+                _add(tar, f"{CUB_FOLDER}/images/{rel}", _draw(rng, c, gray, image_sizes))
                 images.append(f"{image_id} {rel}")
                 labels.append(f"{image_id} {c}")
                 split.append(f"{image_id} {int(rng.random() < train_fraction) if per_class > 1 else 1}")
