@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .train import load_config, train
 from .utils import bars_disabled
 
-__all__ = ["run_or_load", "compare", "robustness_study", "summarise", "METHODS"]
+__all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "METHODS"]
 
 METHODS = {"baseline": "none", "batchformer": "batchformer", "bgformer": "bgformer"}
 
@@ -55,6 +55,50 @@ def robustness_study(preset: str, runs_dir: str | Path, noise_levels: Sequence[f
                      **overrides: Any) -> dict[float, dict[str, list[dict[str, Any]]]]:
     """Train every method with a share p of training labels flipped, for each p: ``{p: {method: [histories]}}``."""
     return {p: compare(preset, runs_dir, methods, seeds, label_noise=p, **overrides) for p in noise_levels}
+
+
+def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any], method: str = "bgformer",
+           seed: int = 0, progress: bool = True, **overrides: Any) -> dict[Any, dict[str, Any]]:
+    """One run per value of ``field`` (a config field, or a batch-module option such as ``k``,
+    ``visual``, ``depth``, ``lam``): ``{value: history}``, same seed and budget for each."""
+    from .train import Config
+
+    config_fields = {f for f in Config.__dataclass_fields__}
+    out = {}
+    for value in tqdm(values, desc=f"ablate {field}", disable=bars_disabled(progress)):
+        extra = dict(overrides)
+        if field in config_fields:
+            extra[field] = value
+        else:
+            extra["module_kwargs"] = {**extra.get("module_kwargs", {}), field: value}
+        folder = Path(runs_dir) / f"{preset}-{method}-ablate-{field}-{value}-seed{seed}"
+        out[value] = run_or_load(preset, folder, seed=seed, batch_module=METHODS[method], progress=False, **extra)
+    return out
+
+
+def embed_run(run_dir: str | Path, checkpoint: str = "best.pt", **overrides: Any):
+    """Test-set embeddings of a finished run with the *test-time* network (no batch module).
+
+    Returns ``(embeddings (N, E), labels (N,), test dataset)``. The module's weights are left
+    out of the checkpoint on purpose: the shared head makes them unnecessary at test time.
+    """
+    import dataclasses
+
+    from .models import RetrievalNet
+    from .train import Config, build_datasets, embed_dataset, load_checkpoint
+    from .utils import device
+
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / "history.json").read_text())["config"]
+    names = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
+    _, test_ds = build_datasets(cfg)
+    dev = device(cfg.device or None)
+    model = RetrievalNet(cfg.backbone, cfg.embed_dim, pretrained=False).to(dev)
+    state = load_checkpoint(run_dir / checkpoint, dev)["model"]
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
+    emb, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev)
+    return emb, labels, test_ds
 
 
 def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> dict[str, tuple[float, float, int]]:

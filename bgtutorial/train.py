@@ -229,6 +229,8 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
                 archive, md5 = make_fake_cub(root / "source", cfg.fake_classes, cfg.fake_per_class, seed=0)
                 download_cub(root, url=fake_cub_url(archive), md5=md5)
         cache = cfg.cache_size or None
+        if cfg.dataset == "cub":       # fetched (1.1 GB, progress bar, MD5) on first use; reused afterwards
+            download_cub(root)
         train = CUB200(root, "train", transform=train_transform(cfg.image_size), cache_size=cache)
         test = CUB200(root, "test", transform=eval_transform(cfg.image_size), cache_size=cache)
     if cfg.label_noise > 0:

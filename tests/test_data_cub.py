@@ -233,3 +233,9 @@ def test_image_cache_matches_resized_decode(tmp_path, fake_cub_root):
     stamp = files[0].stat().st_mtime_ns
     CUB200(tmp_path, "test", cache_size=32)            # reused, not rebuilt
     assert files[0].stat().st_mtime_ns == stamp
+
+
+def test_folder_extracted_by_hand_is_reused(tmp_path, fake_cub_root):
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    (base / ".bgtutorial_extracted").unlink(missing_ok=True)
+    assert download_cub(tmp_path, url="file:///nonexistent.tgz") == base   # no archive: trust the folder

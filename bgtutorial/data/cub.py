@@ -82,17 +82,17 @@ def _check_members(archive: Path, dest: Path) -> None:
 def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5) -> Path:
     """Fetch, verify and extract ``CUB_200_2011.tgz`` into ``root``; return ``root/CUB_200_2011``.
 
-    Idempotent: an extracted copy is reused, an archive already in ``root`` with the right
-    MD5 is not downloaded again. The download shows a tqdm progress bar (torchvision's
+    Idempotent: an extracted copy is reused (ours, or one extracted by hand when no archive
+    lies beside it), an archive already in ``root`` with the right MD5 is not downloaded again. The download shows a tqdm progress bar (torchvision's
     ``download_url``). ``md5=None`` skips the checksum (for archives you built yourself).
     Extraction refuses any member whose path would escape ``root``.
     """
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     base = root / CUB_FOLDER
-    if (base / _DONE_MARKER).exists():
-        return base
     archive = root / CUB_ARCHIVE
+    if (base / _DONE_MARKER).exists() or ((base / "images.txt").is_file() and not archive.exists()):
+        return base
     if not archive.exists():
         try:
             if url.startswith("file://"):  # local mirror / tests: torchvision's downloader handles http(s) only
