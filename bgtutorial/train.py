@@ -324,6 +324,8 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
     ``callback(history)`` is called after every evaluation (live plots in notebooks).
     Under torchrun (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel: ``batch_size``
     is the global batch, each rank takes its slice; rank 0 evaluates and writes the files.
+    BatchNorm is synchronised across GPUs (SyncBatchNorm) unless ``bn_freeze``; on CPU ranks
+    (gloo) it stays per rank.
     """
     from torch.nn.parallel import DistributedDataParallel
 
@@ -346,8 +348,9 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if world_size > 1 and cfg.global_batch:
         model.gather = GatherBatch()
-    net = DistributedDataParallel(model, device_ids=[local_rank] if dev.type == "cuda" else None) \
-        if world_size > 1 else model
+    # BGFormer with lam=1 leaves its label path unused: DDP must be told to expect that
+    net = DistributedDataParallel(model, device_ids=[local_rank] if dev.type == "cuda" else None,
+                                  find_unused_parameters=cfg.batch_module == "bgformer") if world_size > 1 else model
     module_params = list(model.batch_module.parameters()) if model.batch_module is not None else []
     module_ids = {id(p) for p in module_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in module_ids], "lr": cfg.lr},
