@@ -5,10 +5,11 @@ and the device/seed helpers. Everything else lives in its submodule
 (``bgtutorial.data``, ``bgtutorial.train``, ``bgtutorial.plots``, ...).
 """
 from .batchformer import BatchFormer
+from .bgformer import BGFormer
 from .metrics import recall_at_k, retrieval_metrics
 from .models import RetrievalNet
 from .utils import device, seed_everything, smoke_mode
 
-__all__ = ["BatchFormer", "RetrievalNet", "recall_at_k", "retrieval_metrics", "device", "seed_everything",
+__all__ = ["BatchFormer", "BGFormer", "RetrievalNet", "recall_at_k", "retrieval_metrics", "device", "seed_everything",
            "smoke_mode"]
 __version__ = "0.1.0"
