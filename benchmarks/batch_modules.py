@@ -74,7 +74,7 @@ def main() -> None:
         t_naive = best_time(step(lambda m=m, name=name: naive[name](m, x)), repeat=1)
         mem = saved_bytes(call)
         print(f"| {name:28s} | {t * 1e3:8.2f} | {t_naive * 1e3:13.1f} | {t_naive / t:16.1f}x | "
-              f"{t / t_backbone:22.4f}x | {mem / 2**20:15.1f} MiB |")
+              f"{t / t_backbone:22.2e}x | {mem / 2**20:15.1f} MiB |")
     print(f"| {'ResNet-50 training step':28s} | {t_backbone * 1e3:8.1f} | {'':13s} | {'':17s} | {1:22.4f}x | "
           f"{mem_backbone / 2**20:15.1f} MiB |")
 
