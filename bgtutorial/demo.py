@@ -17,8 +17,8 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 from .plots import embedding_projection, plot_history  # noqa: E402
-from .train import build_datasets, embed_dataset, format_table, load_checkpoint, load_config, train  # noqa: E402
-from .models import RetrievalNet  # noqa: E402
+from .experiments import embed_run  # noqa: E402
+from .train import build_datasets, format_table, load_config, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                         "trained": {k: history["epochs"][-1][k] for k in keys}}))
     run = cfg.run_dir
     plot_history(history).savefig(run / "curves.png", dpi=110)
-    model = RetrievalNet(cfg.backbone, cfg.embed_dim, pretrained=False)
-    model.load_state_dict({k: v for k, v in load_checkpoint(run / "best.pt")["model"].items()
-                           if not k.startswith("batch_module.")})
-    emb, y = embed_dataset(model, test_ds)
+    emb, y, _ = embed_run(run)          # the test-time network of the best epoch
     embedding_projection(emb, y, title="test embeddings of the unseen classes (PCA)").savefig(
         run / "projection.png", dpi=110)
     print(f"plots: {run / 'curves.png'}, {run / 'projection.png'}; history: {run / 'history.json'}; "

@@ -72,8 +72,6 @@ def _check_members(archive: Path, dest: Path) -> None:
                 if member.isdev():
                     raise CUBDataError(f"{archive}: member {member.name!r} is a device file; refusing to extract.")
     except (tarfile.TarError, EOFError, OSError) as err:
-        if isinstance(err, CUBDataError):
-            raise
         raise CUBDataError(
             f"{archive} is truncated or corrupt ({type(err).__name__}: {err}). "
             f"Delete it and download again (download_cub(root) or CUB200(root, download=True)).") from err
