@@ -52,26 +52,39 @@ def knn(embeddings: torch.Tensor, k: int, chunk_size: int = 1024, metric: str = 
     return out
 
 
+def _neighbours(embeddings: torch.Tensor, k: int, chunk_size: int, metric: str,
+                neighbours: torch.Tensor | None) -> torch.Tensor:
+    """The first k columns of precomputed ``knn`` indices, or a fresh search."""
+    if neighbours is None:
+        return knn(embeddings, k, chunk_size, metric)
+    if neighbours.shape[1] < k:
+        raise ValueError(f"neighbours holds {neighbours.shape[1]} columns, {k} are needed")
+    return neighbours[:, :k]
+
+
 def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8),
-                chunk_size: int = 1024, metric: str = "euclidean") -> dict[int, float]:
+                chunk_size: int = 1024, metric: str = "euclidean",
+                neighbours: torch.Tensor | None = None) -> dict[int, float]:
     """Recall@K: share of queries whose K nearest other samples hold at least one of their class.
 
-    Returns ``{K: recall}`` for each K in ``ks`` (METHOD.md, "Metrics").
+    Returns ``{K: recall}`` for each K in ``ks`` (METHOD.md, "Metrics"). ``neighbours``: indices
+    from :func:`knn` with at least max(ks) columns, to reuse one search for several metrics.
     """
     embeddings, labels = _check(embeddings, labels)
     kmax = min(max(ks), embeddings.shape[0] - 1)
-    nn = knn(embeddings, kmax, chunk_size, metric)                  # (N, Kmax)
+    nn = _neighbours(embeddings, kmax, chunk_size, metric, neighbours)  # (N, Kmax)
     hit = labels[nn] == labels[:, None]                             # (N, Kmax)
     first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(labels, kmax))  # rank of first hit
     return {int(k): float((first < k).double().mean()) for k in ks}
 
 
 def map_at_r(embeddings: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024,
-             metric: str = "euclidean") -> float:
+             metric: str = "euclidean", neighbours: torch.Tensor | None = None) -> float:
     """MAP@R (Musgrave et al. 2020): for a query with R other samples of its class,
     ``(1/R) Σ_{i≤R} P(i)·rel(i)`` over its R nearest neighbours, averaged over queries.
 
-    Queries whose class has no other sample (R = 0) are left out of the mean.
+    Queries whose class has no other sample (R = 0) are left out of the mean. ``neighbours``:
+    indices from :func:`knn` with at least R_max columns (see :func:`recall_at_k`).
     """
     embeddings, labels = _check(embeddings, labels)
     _, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
@@ -79,7 +92,7 @@ def map_at_r(embeddings: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1
     rmax = int(r.max())
     if rmax == 0:
         raise ValueError("MAP@R needs at least one class with two samples")
-    nn = knn(embeddings, rmax, chunk_size, metric)                   # (N, Rmax)
+    nn = _neighbours(embeddings, rmax, chunk_size, metric, neighbours)  # (N, Rmax)
     rel = (labels[nn] == labels[:, None]).float()
     rank = torch.arange(1, rmax + 1, device=rel.device, dtype=torch.float32)
     within = rank[None, :] <= r[:, None]                             # only the first R ranks count
@@ -105,8 +118,11 @@ def nmi(embeddings: torch.Tensor, labels: torch.Tensor, seed: int = 0, n_init: i
 def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8),
                       with_nmi: bool = True) -> dict[str, float]:
     """All metrics in one flat dict: ``R@1, R@2, ..., MAP@R, NMI``."""
-    out = {f"R@{k}": v for k, v in recall_at_k(embeddings, labels, ks).items()}
-    out["MAP@R"] = map_at_r(embeddings, labels)
+    embeddings, labels = _check(embeddings, labels)
+    rmax = int(labels.unique(return_counts=True)[1].max()) - 1
+    nn = knn(embeddings, min(max(max(ks), rmax), embeddings.shape[0] - 1))   # one search serves both metrics
+    out = {f"R@{k}": v for k, v in recall_at_k(embeddings, labels, ks, neighbours=nn).items()}
+    out["MAP@R"] = map_at_r(embeddings, labels, neighbours=nn)
     if with_nmi:
         out["NMI"] = nmi(embeddings, labels)
     return out

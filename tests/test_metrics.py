@@ -132,3 +132,12 @@ def test_bad_inputs():
         recall_at_k(torch.randn(1, 2), torch.arange(1))
     with pytest.raises(ValueError, match="metric"):
         knn(torch.randn(5, 2), 1, metric="manhattan")
+
+
+def test_shared_neighbours_give_the_same_metrics(data):
+    x, y = data
+    nn = knn(x, 40)
+    assert recall_at_k(x, y, neighbours=nn) == recall_at_k(x, y)
+    assert map_at_r(x, y, neighbours=nn) == map_at_r(x, y)
+    with pytest.raises(ValueError, match="columns"):
+        map_at_r(x, y, neighbours=nn[:, :3])
