@@ -97,17 +97,16 @@ class BGFormerBlock(nn.Module):
         self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(ffn_mult * dim, dim), nn.Dropout(dropout))
 
-    def graph(self, x: torch.Tensor, y: torch.Tensor | None) -> BatchGraph:
-        """The batch graph this block uses for features ``x`` (B, D): kNN on LN(x), labels."""
-        return BatchGraph.build(self.norm(x).detach(), y if self.lam < 1 else None, self.k,
-                                self.require_positive_pairs)
+    def graph(self, xn: torch.Tensor, y: torch.Tensor | None) -> BatchGraph:
+        """The batch graph this block uses: kNN on the normalised features ``xn = LN(x)`` (B, D), labels."""
+        return BatchGraph.build(xn.detach(), y if self.lam < 1 else None, self.k, self.require_positive_pairs)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is None and self.lam < 1:
             raise ValueError("BGFormer's semantic path needs the labels y (B,); it runs in training only. "
                              "Pass y, or lam=1 for the visual path alone.")
         xn = self.norm(x)                                                   # X̂ (B, D)
-        g = self.graph(x, y)
+        g = self.graph(xn, y)
         out = x + self.lam * self.proj_visual(self.visual(xn, g.visual))
         if self.lam < 1:                                                    # λ = 1 removes the label path exactly
             out = out + (1 - self.lam) * self.proj_semantic(self.semantic(xn, g.semantic_norm))
