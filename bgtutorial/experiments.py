@@ -24,15 +24,18 @@ __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", 
 METHODS = {"baseline": "none", "batchformer": "batchformer", "bgformer": "bgformer"}
 
 
-def run_or_load(preset: str, out: str | Path, **overrides: Any) -> dict[str, Any]:
-    """Train ``preset`` into ``out`` unless a finished history is already there; return the history."""
+def run_or_load(preset: str, out: str | Path, callback=None, **overrides: Any) -> dict[str, Any]:
+    """Train ``preset`` into ``out`` unless a finished history is already there; return the history.
+
+    An unfinished run resumes from its ``last.pt``; ``callback(history)`` is passed to :func:`train`.
+    """
     cfg = load_config(preset, out=str(out), **overrides)
     path = cfg.run_dir / "history.json"
     if path.is_file():
         h = json.loads(path.read_text())
         if len(h["epochs"]) >= cfg.epochs:
             return h
-    return train(cfg, resume=True)
+    return train(cfg, resume=True, callback=callback)
 
 
 def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0,),
