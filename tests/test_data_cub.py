@@ -29,11 +29,17 @@ def test_fake_archive_has_official_layout(fake_archive):
     assert len(folders) == 20 and all(f[:3].isdigit() and f[3] == "." for f in folders)
 
 
-def test_fake_archive_is_deterministic(tmp_path):
-    _, a = make_fake_cub(tmp_path / "a", num_classes=4, per_class=2, seed=3)
-    _, b = make_fake_cub(tmp_path / "b", num_classes=4, per_class=2, seed=3)
+def test_fake_archive_is_deterministic(tmp_path, monkeypatch):
+    # gzip stamps the current time into its header unless told otherwise: build the two
+    # archives at clocks years apart, so a time-dependent header can't slip through by luck.
+    import time as time_module
+    monkeypatch.setattr(time_module, "time", lambda: 1_000_000_000.0)
+    path_a, a = make_fake_cub(tmp_path / "a", num_classes=4, per_class=2, seed=3)
+    monkeypatch.setattr(time_module, "time", lambda: 1_700_000_123.0)
+    path_b, b = make_fake_cub(tmp_path / "b", num_classes=4, per_class=2, seed=3)
     _, c = make_fake_cub(tmp_path / "c", num_classes=4, per_class=2, seed=4)
     assert a == b != c
+    assert path_a.read_bytes() == path_b.read_bytes()
 
 
 def test_download_verify_extract_parse_retrieval(fake_cub_root):

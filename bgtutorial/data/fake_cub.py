@@ -7,6 +7,7 @@ learn; about one in seven is grayscale, as in the real archive.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -70,7 +71,7 @@ def make_fake_cub(root: str | Path, num_classes: int = 200, per_class: int = 3, 
     The archive holds ``CUB_200_2011/`` with ``images/NNN.Class_Name/*.jpg`` and the five
     metadata files (``images.txt``, ``image_class_labels.txt``, ``classes.txt``,
     ``train_test_split.txt``, ``bounding_boxes.txt``) plus ``README``, and a top-level
-    ``attributes.txt`` as the real one does. Deterministic for a given ``seed``. Image sides
+    ``attributes.txt`` as the real one does. Byte-for-byte deterministic for a given ``seed`` (fixed gzip header). Image sides
     are drawn from ``image_sizes`` (real CUB images are about 500 px: use (300, 500) to time loaders).
     """
     if num_classes < 2 or per_class < 1:
@@ -80,7 +81,10 @@ def make_fake_cub(root: str | Path, num_classes: int = 200, per_class: int = 3, 
     rng = np.random.default_rng(seed)
     images, labels, classes, split, boxes = [], [], [], [], []
     path = root / CUB_ARCHIVE
-    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as tar:
+    # gzip writes a file name and a time stamp into its header: fix both (empty name, mtime 0)
+    # so that the same seed gives the same bytes, hence the same MD5, whenever it is built.
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
         _add(tar, "attributes.txt", b"1 has_bill_shape::curved_(up_or_down)\n")
         image_id = 0
         for c in range(1, num_classes + 1):
