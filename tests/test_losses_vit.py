@@ -27,9 +27,21 @@ def test_poincare_distance_matches_mobius_formula():
 
 
 def test_to_poincare_stays_in_the_ball_and_clips():
-    x = torch.randn(20, 8) * 100
-    p = to_poincare(x, c=0.1, clip_r=2.3)
-    assert (p.norm(dim=1) < 1 / math.sqrt(0.1)).all()
+    c, r = 0.1, 2.3
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(0)) * 100     # norms far above r
+    p = to_poincare(x, c=c, clip_r=r)
+    assert (p.norm(dim=1) < 1 / math.sqrt(c)).all()
+    # clipping: every long vector lands at the image of radius r, tanh(√c·r)/√c, same direction;
+    # without clipping they would crowd at the ball's edge (1/√c·(1-1e-3)), a different radius
+    expected = math.tanh(math.sqrt(c) * r) / math.sqrt(c)
+    torch.testing.assert_close(p.norm(dim=1), torch.full((20,), expected), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(F.normalize(p, dim=1), F.normalize(x, dim=1))
+    unclipped = to_poincare(x, c=c, clip_r=None).norm(dim=1)
+    assert (unclipped > expected + 0.5).all()
+    # a vector shorter than r is not clipped: its radius is tanh(√c|x|)/√c
+    short = F.normalize(torch.randn(1, 8), dim=1) * 1.5
+    assert float(to_poincare(short, c=c, clip_r=r).norm()) == pytest.approx(math.tanh(math.sqrt(c) * 1.5) / math.sqrt(c),
+                                                                             rel=1e-5)
     small = torch.full((1, 8), 1e-3)
     torch.testing.assert_close(to_poincare(small, 0.1), small, rtol=1e-3, atol=1e-6)   # expmap0 ≈ id near 0
 

@@ -107,6 +107,29 @@ def test_training_improves_and_writes_artifacts(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))       # atomic writes leave no temporary file
 
 
+def _final_lrs_and_steps(run):
+    ck = load_checkpoint(run / "last.pt")
+    return [g["lr"] for g in ck["optimizer"]["param_groups"]], ck["scheduler"]["last_epoch"]
+
+
+def test_cosine_schedule_reaches_zero_and_counts_every_step(tmp_path):
+    cfg = load_config("digits", out=str(tmp_path), **{**TINY, "epochs": 2, "steps_per_epoch": 5, "lr": 1e-3})
+    train(cfg)
+    lrs, counted = _final_lrs_and_steps(tmp_path)
+    assert counted == 10                              # one scheduler step per optimiser step
+    assert lrs == pytest.approx([0.0, 0.0], abs=1e-12)   # cosine ends at 0 (backbone/head and proxies)
+
+
+def test_step_schedule_applies_its_factor(tmp_path):
+    cfg = load_config("digits", out=str(tmp_path), **{**TINY, "epochs": 3, "steps_per_epoch": 4, "lr": 1e-3,
+                                                      "schedule": "step", "lr_step": 1, "lr_gamma": 0.5})
+    train(cfg)
+    lrs, counted = _final_lrs_and_steps(tmp_path)
+    assert counted == 12
+    # after 3 epochs with a step every epoch: lr · 0.5³ (proxies at 100×)
+    assert lrs == pytest.approx([1e-3 * 0.125, 1e-1 * 0.125])
+
+
 def test_missing_checkpoint_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="train first"):
         load_checkpoint(tmp_path / "nope.pt")
@@ -153,6 +176,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     ha, hb = json.loads((ref / "history.json").read_text()), json.loads((cut / "history.json").read_text())
     assert [s["loss"] for s in ha["steps"]] == [s["loss"] for s in hb["steps"]]
     assert [e["R@1"] for e in ha["epochs"]] == [e["R@1"] for e in hb["epochs"]]
+    # the resumed scheduler counted every step: it ends where the uninterrupted one does (cosine: 0)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 24
+    assert [g["lr"] for g in b["optimizer"]["param_groups"]] == pytest.approx([0.0] * 3, abs=1e-12)
 
 
 def test_cub_resnet50_preset_path_runs_on_synthetic_archive(tmp_path):
