@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
                         "trained": {k: history["epochs"][-1][k] for k in keys}}))
     run = cfg.run_dir
     plot_history(history).savefig(run / "curves.png", dpi=110)
-    emb, y, _ = embed_run(run)          # the test-time network of the best epoch
+    emb, y, _ = embed_run(run)          # the test-time network of the last epoch (no test-set selection)
     embedding_projection(emb, y, title="test embeddings of the unseen classes (PCA)").savefig(
         run / "projection.png", dpi=110)
     print(f"plots: {run / 'curves.png'}, {run / 'projection.png'}; history: {run / 'history.json'}; "
-          f"checkpoints: {run / 'best.pt'}, {run / 'last.pt'}")
+          f"checkpoint: {run / 'last.pt'}")
     return 0
 
 

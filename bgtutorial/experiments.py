@@ -16,12 +16,14 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from .models import BATCH_MODULES
 from .train import load_config, train
 from .utils import bars_disabled
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "METHODS"]
 
-METHODS = {"baseline": "none", "batchformer": "batchformer", "bgformer": "bgformer"}
+#: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
+METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
 
 
 def run_or_load(preset: str, out: str | Path, callback=None, **overrides: Any) -> dict[str, Any]:
@@ -79,16 +81,16 @@ def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any],
     return out
 
 
-def embed_run(run_dir: str | Path, checkpoint: str = "best.pt", **overrides: Any):
+def embed_run(run_dir: str | Path, checkpoint: str = "last.pt", **overrides: Any):
     """Test-set embeddings of a finished run with the *test-time* network (no batch module).
 
-    Returns ``(embeddings (N, E), labels (N,), test dataset)``. The module's weights are left
-    out of the checkpoint on purpose: the shared head makes them unnecessary at test time.
+    Returns ``(embeddings (N, E), labels (N,), test dataset)``. The weights are the last
+    epoch's (``last.pt``): nothing is chosen on the test classes. The batch module's weights are
+    not loaded: thanks to the shared head the test-time network has no module.
     """
     import dataclasses
 
-    from .models import RetrievalNet
-    from .train import Config, build_datasets, embed_dataset, load_checkpoint
+    from .train import Config, build_datasets, build_net, embed_dataset, load_checkpoint
     from .utils import device
 
     run_dir = Path(run_dir)
@@ -97,7 +99,7 @@ def embed_run(run_dir: str | Path, checkpoint: str = "best.pt", **overrides: Any
     cfg = Config(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
     _, test_ds = build_datasets(cfg)
     dev = device(cfg.device or None)
-    model = RetrievalNet(cfg.backbone, cfg.embed_dim, pretrained=False).to(dev)
+    model = build_net(cfg, with_module=False, pretrained=False).to(dev)
     state = load_checkpoint(run_dir / checkpoint, dev)["model"]
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
     emb, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev)

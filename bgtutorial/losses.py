@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MetricLoss", "LOSSES", "HyperbolicPairLoss", "to_poincare", "poincare_distance"]
+__all__ = ["MetricLoss", "LOSSES", "HyperbolicPairLoss", "to_poincare", "poincare_distance", "poincare_knn"]
 
 LOSSES = ("proxy_anchor", "multi_similarity", "hyperbolic")
 
@@ -44,20 +44,44 @@ def poincare_distance(x: torch.Tensor, y: torch.Tensor, c: float = 0.1) -> torch
     return 2 / sc * torch.atanh((sc * norm).clamp(max=1 - 1e-5))
 
 
+@torch.no_grad()
+def poincare_knn(z: torch.Tensor, k: int, c: float = 0.1, chunk_size: int = 1024) -> torch.Tensor:
+    """Indices (N, k) of each point's k nearest others by Poincaré distance (self excluded).
+
+    ``z`` (N, E) are points inside the ball (:func:`to_poincare`). Hyp-ViT's evaluation of the
+    head output (helpers.py L19-32). Ties are broken by index (stable sort of the distances).
+    """
+    if not 1 <= k < z.shape[0]:
+        raise ValueError(f"k must be in [1, N-1] = [1, {z.shape[0] - 1}], got {k}")
+    out = []
+    for start in range(0, z.shape[0], chunk_size):
+        d = poincare_distance(z[start:start + chunk_size].double(), z.double(), c)     # (n, N)
+        rows = torch.arange(d.shape[0])
+        d[rows, rows + start] = float("inf")                                           # a query never finds itself
+        out.append(torch.sort(d, dim=1, stable=True).indices[:, :k])
+    return torch.cat(out)
+
+
 class HyperbolicPairLoss(nn.Module):
     """Hyp-ViT's pairwise cross-entropy in the Poincaré ball.
 
     The batch holds P classes with ``m`` consecutive samples each (our m-per-class sampler).
     For every ordered pair of views (i, j), i ≠ j, each class's view i must pick its own view j
     among all classes' views j and the other samples' views i (themselves excluded), with
-    logits ``-d(x, y)/τ``. The mean over the m(m-1) pairs is returned.
+    logits ``-d(x, y)/τ``. Each pair's cross-entropy is a mean over the P classes; the pairs are
+    then summed, as Hyp-ViT's train.py does (L155-161: ``loss += l`` over the 9·8 = 72 pairs),
+    or averaged with ``reduction="mean"``. The sum matters beside gradient-norm clipping: it
+    makes the gradient m(m-1) times larger than the mean's, so the clip at 3 bites as in Hyp-ViT.
     """
 
-    def __init__(self, m: int, tau: float = 0.2, c: float = 0.1, clip_r: float | None = 2.3) -> None:
+    def __init__(self, m: int, tau: float = 0.2, c: float = 0.1, clip_r: float | None = 2.3,
+                 reduction: str = "sum") -> None:
         super().__init__()
         if m < 2:
             raise ValueError(f"the hyperbolic pair loss needs m >= 2 samples per class, got {m}")
-        self.m, self.tau, self.c, self.clip_r = m, tau, c, clip_r
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' (Hyp-ViT) or 'mean', got {reduction!r}")
+        self.m, self.tau, self.c, self.clip_r, self.reduction = m, tau, c, clip_r, reduction
 
     def forward(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from einops import rearrange
@@ -79,7 +103,7 @@ class HyperbolicPairLoss(nn.Module):
                 if i != j:
                     cross = -poincare_distance(views[i], views[j], self.c) / self.tau     # (P, P)
                     total = total + F.cross_entropy(torch.cat([cross, same], 1), target)
-        return total / (self.m * (self.m - 1))
+        return total if self.reduction == "sum" else total / (self.m * (self.m - 1))
 
 
 class MetricLoss(nn.Module):
@@ -95,11 +119,12 @@ class MetricLoss(nn.Module):
             always scores the halves apart, equally weighted unless α is given).
         m, tau, c, clip_r: the hyperbolic loss's samples per class, temperature, curvature and
             clipping radius (Hyp-ViT's τ=0.2, c=0.1, r=2.3).
+        pair_reduction: the hyperbolic loss's reduction over view pairs ("sum" as Hyp-ViT, or "mean").
     """
 
     def __init__(self, name: str, num_classes: int, embed_dim: int, margin: float = 0.1, alpha: float = 32.0,
                  plain_weight: float | None = None, m: int = 2, tau: float = 0.2, c: float = 0.1,
-                 clip_r: float | None = 2.3) -> None:
+                 clip_r: float | None = 2.3, pair_reduction: str = "sum") -> None:
         super().__init__()
         from pytorch_metric_learning import losses, miners
 
@@ -112,7 +137,7 @@ class MetricLoss(nn.Module):
         if name == "proxy_anchor":
             self.loss = losses.ProxyAnchorLoss(num_classes, embed_dim, margin=margin, alpha=alpha)
         elif name == "hyperbolic":
-            self.loss = HyperbolicPairLoss(m, tau, c, clip_r)
+            self.loss = HyperbolicPairLoss(m, tau, c, clip_r, pair_reduction)
             if plain_weight is None:       # the two halves each hold P groups of m: score them apart
                 self.plain_weight = 0.5
         else:

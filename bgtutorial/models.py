@@ -12,12 +12,21 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-__all__ = ["RetrievalNet", "SmallCNN", "build_backbone", "backbone_weights", "BACKBONES", "make_batch_module"]
+__all__ = ["RetrievalNet", "SmallCNN", "build_backbone", "backbone_weights", "input_stats", "BACKBONES",
+           "BATCH_MODULES", "POOLINGS", "HEAD_INITS", "make_batch_module"]
 
 BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "vit_s16")
-#: timm model names (with the pretrained tag) behind the ViT backbones: ViT-S/16 pretrained on
-#: ImageNet-21k, the backbone of Hyp-ViT and of BGFormer's reported CUB-200 results (METHOD.md)
-TIMM_MODELS = {"vit_s16": "vit_small_patch16_224.augreg_in21k"}
+#: timm model names (with the pretrained tag) behind the ViT backbones. Hyp-ViT calls
+#: ``timm.create_model("vit_small_patch16_224", pretrained=True)`` (htdt/hyp_metric model.py
+#: L13); in today's timm that name resolves to this tag: ViT-S/16 pre-trained on
+#: ImageNet-21k and fine-tuned on ImageNet-1k (docs/recipes.md, tier 2).
+TIMM_MODELS = {"vit_s16": "vit_small_patch16_224.augreg_in21k_ft_in1k"}
+#: global pooling of a ResNet's last feature map: torchvision's average, or average + max
+#: summed, as Kim et al.'s Proxy-Anchor code (net/resnet.py L144-145, L180-183)
+POOLINGS = ("avg", "avgmax")
+#: initialisation of the embedding head: PyTorch's default, Kaiming-normal (fan-out) with zero
+#: bias (Proxy-Anchor, net/resnet.py L192-194), orthogonal with zero bias (Hyp-ViT, model.py L25-26)
+HEAD_INITS = ("default", "kaiming_fanout", "orthogonal")
 
 
 class SmallCNN(nn.Module):
@@ -49,14 +58,44 @@ def backbone_weights(name: str) -> "torchvision.models.WeightsEnum":
     return torchvision.models.get_model_weights(name).DEFAULT
 
 
-def build_backbone(name: str, pretrained: bool = True) -> tuple[nn.Module, int]:
+def input_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` that the backbone's pretrained weights expect (no download).
+
+    Read from the checkpoint's own metadata: timm's pretrained config for the ViTs (0.5 for
+    these, as Hyp-ViT's train.py L87-90 sets by hand), torchvision's weights transforms for the
+    ResNets (ImageNet's). The from-scratch SmallCNN normalises its input itself: ImageNet's.
+    """
+    if name in TIMM_MODELS:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(TIMM_MODELS[name])
+        return tuple(cfg.mean), tuple(cfg.std)
+    if name == "smallcnn":
+        name = "resnet18"
+    tf = backbone_weights(name).transforms()
+    return tuple(tf.mean), tuple(tf.std)
+
+
+class _AvgMaxPool(nn.Module):
+    """(B, C, H, W) -> (B, C): global average plus global max pooling (Proxy-Anchor's code)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))
+
+
+def build_backbone(name: str, pretrained: bool = True, pooling: str = "avg") -> tuple[nn.Module, int]:
     """A backbone that maps images (B, 3, H, W) to pooled features (B, D); returns it and D.
 
     ResNets come from torchvision with their real weights API (``weights=DEFAULT`` when
-    ``pretrained``; the download then happens once, into torch's cache).
+    ``pretrained``; the download then happens once, into torch's cache). ``pooling``
+    ("avg" or "avgmax", see :data:`POOLINGS`) applies to the ResNets only.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    if pooling != "avg" and not name.startswith("resnet"):
+        raise ValueError(f"pooling={pooling!r} is for the ResNet backbones; {name} pools on its own (use 'avg')")
     if name == "smallcnn":
         net = SmallCNN()
         return net, net.out_dim
@@ -68,24 +107,38 @@ def build_backbone(name: str, pretrained: bool = True) -> tuple[nn.Module, int]:
     net = torchvision.models.get_model(name, weights=backbone_weights(name) if pretrained else None)
     dim = net.fc.in_features
     net.fc = nn.Identity()     # torchvision's ResNet already pools globally before fc
+    if pooling == "avgmax":
+        net.avgpool = _AvgMaxPool()     # torchvision flattens after avgpool: (B, C) passes through
     return net, dim
+
+
+def _batchformer(dim: int, **kwargs) -> nn.Module:
+    from .batchformer import BatchFormer
+    return BatchFormer(dim, **kwargs)
+
+
+def _bgformer(dim: int, **kwargs) -> nn.Module:
+    from .bgformer import BGFormer
+    return BGFormer(dim, **kwargs)
+
+
+#: The one list of batch modules: name -> constructor ``(dim, **kwargs)`` (None: no module).
+#: The config's ``batch_module``, the preset suffixes and the experiments' methods all read it.
+BATCH_MODULES = {"none": None, "batchformer": _batchformer, "bgformer": _bgformer}
 
 
 def make_batch_module(kind: str | nn.Module | None, dim: int, **kwargs) -> nn.Module | None:
     """``None``/"none", "batchformer", "bgformer", or a ready module with ``augment(x, y)``."""
-    if kind is None or kind == "none":
+    if kind is None:
         return None
     if isinstance(kind, nn.Module):
         if not hasattr(kind, "augment"):
             raise TypeError("a batch module must define augment(features, labels)")
         return kind
-    if kind == "batchformer":
-        from .batchformer import BatchFormer
-        return BatchFormer(dim, **kwargs)
-    if kind == "bgformer":
-        from .bgformer import BGFormer
-        return BGFormer(dim, **kwargs)
-    raise ValueError(f"unknown batch_module {kind!r}; choose 'none', 'batchformer' or 'bgformer'")
+    if kind not in BATCH_MODULES:
+        raise ValueError(f"unknown batch_module {kind!r}; choose one of {', '.join(BATCH_MODULES)}")
+    build = BATCH_MODULES[kind]
+    return None if build is None else build(dim, **kwargs)
 
 
 class RetrievalNet(nn.Module):
@@ -97,6 +150,8 @@ class RetrievalNet(nn.Module):
         pretrained: load ImageNet weights (ResNets only).
         batch_module: ``None``, ``"batchformer"``, ``"bgformer"`` or a module with ``augment``.
         batch_module_kwargs: constructor options of the batch module.
+        pooling: "avg" or "avgmax" (ResNets; :data:`POOLINGS`).
+        head_init: "default", "kaiming_fanout" or "orthogonal" (:data:`HEAD_INITS`).
         normalize: L2-normalise embeddings in training too (True for Proxy-Anchor / MS). With
             False (hyperbolic loss, which maps raw embeddings into the Poincaré ball itself) the
             training embeddings are raw; at evaluation they are always L2-normalised, so
@@ -109,11 +164,19 @@ class RetrievalNet(nn.Module):
 
     def __init__(self, backbone: str = "resnet50", embed_dim: int = 512, pretrained: bool = True,
                  batch_module: str | nn.Module | None = None, batch_module_kwargs: dict | None = None,
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, pooling: str = "avg", head_init: str = "default") -> None:
         super().__init__()
-        self.backbone, self.feat_dim = build_backbone(backbone, pretrained)
+        self.backbone, self.feat_dim = build_backbone(backbone, pretrained, pooling)
         self.batch_module = make_batch_module(batch_module, self.feat_dim, **(batch_module_kwargs or {}))
         self.head = nn.Linear(self.feat_dim, embed_dim)
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"unknown head_init {head_init!r}; choose one of {', '.join(HEAD_INITS)}")
+        if head_init == "kaiming_fanout":
+            nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
+            nn.init.zeros_(self.head.bias)
+        elif head_init == "orthogonal":
+            nn.init.orthogonal_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.embed_dim, self.normalize = embed_dim, normalize
         #: optional ``(features, labels) -> (features, labels)`` applied in training before the
         #: batch module, e.g. :class:`bgtutorial.distributed.GatherBatch` (global batch under DDP)

@@ -4,11 +4,19 @@
   in ``-batchformer`` or ``-bgformer`` to add that batch module; any config field can be
   overridden on the command line (``--epochs 3 --lr 3e-4``).
 * AdamW with parameter groups (backbone/head at ``lr``, proxies at ``proxy_lr_mult``·lr,
-  batch module at ``module_lr_mult``·lr), cosine or step schedule per step.
-* bf16 autocast and channels_last on CUDA only.
-* Evaluation every epoch (Recall@1/2/4/8, MAP@R, NMI); ``history.json`` after every epoch.
-* Checkpoints ``last.pt`` (every ``ckpt_every`` steps and every epoch) and ``best.pt``,
-  written atomically (temporary file, then rename) and read with ``weights_only=True``.
+  batch module at ``module_lr`` or ``module_lr_mult``·lr), cosine or step schedule per step.
+* The reference recipes' training details as options (docs/recipes.md): warm-up epochs that
+  train only the head, the proxies and the batch module (``warm_epochs``); BatchNorm frozen
+  (``bn_freeze``, ``bn_freeze_affine``); parameters kept frozen (``frozen``); gradient clipping
+  by value or norm; random or m-per-class batches (``sampler``).
+* Mixed precision that fits the device (``precision``: bf16, fp16 + gradient scaler, or
+  float32; see :mod:`bgtutorial.precision`); channels_last on CUDA.
+* Evaluation every ``eval_every`` epochs and always after the last one (Recall@1/2/4/8, MAP@R,
+  NMI); ``history.json`` after every epoch. Reported figures are the *last* epoch's: no
+  checkpoint is chosen on the test classes. With ``val_classes`` > 0 that many training
+  classes are held out, evaluated every epoch, and ``best_val.pt`` keeps the best of them.
+* Checkpoints ``last.pt`` (every ``ckpt_every`` steps and every epoch), written atomically
+  (temporary file, then rename) and read with ``weights_only=True``.
 * ``--resume`` continues from ``last.pt`` at the exact batch it stopped at: the sampler is a
   pure function of (seed, epoch), each sample's augmentation is seeded from its position,
   and the torch RNG state travels in the checkpoint, so a killed run ends with the same
@@ -37,14 +45,16 @@ from .data import (CUB200, DigitsRetrieval, MPerClassBatchSampler, download_cub,
                    make_fake_cub, train_transform)
 from .losses import LOSSES, MetricLoss
 from .metrics import retrieval_metrics
-from .models import BACKBONES, RetrievalNet
+from .models import BACKBONES, BATCH_MODULES, HEAD_INITS, POOLINGS, RetrievalNet, input_stats
+from .precision import PRECISIONS, Precision
 from .utils import autocast_dtype, bars_disabled, device, seed_everything
 
 __all__ = ["Config", "load_config", "train", "evaluate", "embed_dataset", "build_datasets", "build_model",
            "load_checkpoint", "PRESETS"]
 
 PRESETS = ("digits", "smoke", "cub-resnet50", "cub-vits")
-MODULES = ("none", "batchformer", "bgformer")
+MODULES = tuple(BATCH_MODULES)         # "none", "batchformer", "bgformer": listed once, in models.py
+SAMPLERS = ("m_per_class", "random")
 
 
 @dataclass
@@ -59,9 +69,12 @@ class Config:
     backbone: str = "smallcnn"
     pretrained: bool = False
     embed_dim: int = 128
+    pooling: str = "avg"               # avg | avgmax (ResNets; Proxy-Anchor's code sums both)
+    head_init: str = "default"         # default | kaiming_fanout | orthogonal
     batch_module: str = "none"         # none | batchformer | bgformer
     module_kwargs: dict = field(default_factory=dict)
     module_lr_mult: float = 1.0
+    module_lr: float = 0.0             # >0: the batch module's own learning rate (overrides module_lr_mult)
     # loss
     loss: str = "proxy_anchor"
     margin: float = 0.1
@@ -70,19 +83,29 @@ class Config:
     tau: float = 0.2                   # hyperbolic loss: temperature
     curvature: float = 0.1             # hyperbolic loss: c of the Poincaré ball
     clip_r: float = 2.3                # hyperbolic loss: feature clipping radius
+    pair_reduction: str = "sum"        # hyperbolic loss over view pairs: sum (Hyp-ViT) | mean
     plain_weight: float = -1.0         # <0: one loss over the doubled batch; else α·L(plain)+(1-α)·L(module)
     # optimisation
     epochs: int = 8
     batch_size: int = 60
     m: int = 12
+    sampler: str = "m_per_class"       # m_per_class | random (Proxy-Anchor's baseline batches)
     steps_per_epoch: int = 0           # 0: len(train) // batch_size
     lr: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"           # cosine | step | constant
     lr_step: int = 10                  # epochs, for schedule="step"
     lr_gamma: float = 0.5
+    warm_epochs: int = 0               # first epochs train only head, proxies and batch module (backbone frozen)
+    frozen: str = ""                   # comma-separated parameter-name prefixes never trained ("backbone.patch_embed")
+    clip_grad_value: float = 0.0       # >0: clip each gradient entry to ±value (Proxy-Anchor: 10)
+    clip_grad_norm: float = 0.0        # >0: clip the global gradient norm (Hyp-ViT: 3)
     # data
     image_size: int = 32
+    crop_scale_min: float = 0.08       # CUB: RandomResizedCrop's smallest area share (Hyp-ViT: 0.2)
+    interpolation: str = "bilinear"    # CUB: bilinear | bicubic (Hyp-ViT)
+    resize: int = 0                    # CUB evaluation: shorter side before the centre crop (0: image_size·8/7)
+    val_classes: int = 0               # >0: hold out that many training classes for model selection
     views: int = 4                     # digits only
     fake_classes: int = 20             # fake-cub only
     fake_per_class: int = 8
@@ -92,9 +115,11 @@ class Config:
     eval_batch_size: int = 256
     # runtime
     device: str = ""                   # "" = CUDA when present, else CPU
-    amp: bool = True                   # bf16 autocast, CUDA only
+    precision: str = "auto"            # auto (bf16 on CUDA >= 8.0, fp16 + scaler below, fp32 on CPU) | bf16 | fp16 | fp32
     ckpt_every: int = 0                # also save last.pt every N steps (0: once per epoch)
-    bn_freeze: bool = False            # BatchNorm layers kept in eval mode while training (Kim et al.'s code)
+    eval_every: int = 1                # evaluate on the test classes every N epochs (and after the last)
+    bn_freeze: bool = False            # BatchNorm statistics frozen (eval mode) while training (Kim et al.'s code)
+    bn_freeze_affine: bool = False     # ... and BatchNorm's weight and bias never trained
     global_batch: bool = False         # under torchrun: the batch module and the loss see the global batch
     eval_nmi: bool = True
     progress: bool = True
@@ -111,6 +136,24 @@ class Config:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose digits, fake-cub or cub")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step or constant")
+        for name, allowed in (("pooling", POOLINGS), ("head_init", HEAD_INITS), ("precision", PRECISIONS),
+                              ("sampler", SAMPLERS), ("interpolation", ("bilinear", "bicubic")),
+                              ("pair_reduction", ("sum", "mean"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.sampler == "random" and self.batch_module != "none":
+            raise ValueError("the batch modules need positives in every batch: use sampler='m_per_class' with "
+                             f"batch_module={self.batch_module!r} (random batches are for the plain baseline)")
+        if self.sampler == "random" and self.loss == "hyperbolic":
+            raise ValueError("the hyperbolic loss needs m views per class: use sampler='m_per_class'")
+        if not 0 <= self.warm_epochs < self.epochs:
+            raise ValueError(f"warm_epochs must be in [0, epochs), got {self.warm_epochs} with epochs={self.epochs}")
+        if min(self.clip_grad_value, self.clip_grad_norm, self.module_lr, self.val_classes) < 0:
+            raise ValueError("clip_grad_value, clip_grad_norm, module_lr and val_classes must be >= 0")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         if self.m < 1 or self.batch_size % self.m != 0:
             raise ValueError(f"batch_size={self.batch_size} must be a positive multiple of m={self.m} "
                              f"(samples per class); try batch_size={max(self.m, self.batch_size // max(self.m, 1) * self.m)}")
@@ -136,7 +179,7 @@ def _preset_file(name: str) -> dict[str, Any]:
 def load_config(preset: str = "digits", **overrides: Any) -> Config:
     """A validated :class:`Config` from a preset (``"digits-batchformer"`` adds the module) and overrides."""
     base, module = preset, None
-    for mod in ("batchformer", "bgformer"):
+    for mod in (name for name in BATCH_MODULES if name != "none"):
         if preset.endswith("-" + mod):
             base, module = preset[: -len(mod) - 1], mod
     values: dict[str, Any] = {"preset": preset, **_preset_file(base)}
@@ -214,13 +257,35 @@ def flip_labels(targets: list[int], share: float, seed: int) -> list[int]:
     return y.tolist()
 
 
-def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
-    """(train, test) datasets of the config, in the zero-shot retrieval protocol."""
+class ClassSubset(Dataset):
+    """The samples of ``dataset`` whose label is in ``classes`` (labels unchanged), with ``targets``."""
+
+    def __init__(self, dataset: Dataset, classes: set[int]) -> None:
+        self.dataset = dataset
+        self.indices = [i for i, t in enumerate(dataset.targets) if t in classes]
+        self.targets = [dataset.targets[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
+def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
+    """(train, validation or None, test) datasets of the config, in the zero-shot retrieval protocol.
+
+    With ``cfg.val_classes = n`` the n highest-numbered training classes become validation
+    classes (evaluation transform, never trained on), following Musgrave et al.'s advice to select
+    checkpoints and hyper-parameters on classes that are neither trained on nor tested; the
+    remaining training labels stay 0..C-n-1, so the proxies need no relabelling.
+    """
     if cfg.dataset == "digits":
         from torchvision import transforms as T
         aug = T.RandomCrop(cfg.image_size, padding=2, padding_mode="edge")
-        train = DigitsRetrieval("train", views=cfg.views, seed=cfg.seed, canvas=cfg.image_size, transform=aug)
-        test = DigitsRetrieval("test", views=cfg.views, seed=cfg.seed, canvas=cfg.image_size)
+        make = lambda split, transform=None: DigitsRetrieval(split, views=cfg.views, seed=cfg.seed,  # noqa: E731
+                                                             canvas=cfg.image_size, transform=transform)
+        train, test, train_eval = make("train", aug), make("test"), make("train")
     else:
         root = Path(cfg.data_root)
         if cfg.dataset == "fake-cub":
@@ -231,49 +296,149 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
         cache = cfg.cache_size or None
         if cfg.dataset == "cub":       # fetched (1.1 GB, progress bar, MD5) on first use; reused afterwards
             download_cub(root)
-        train = CUB200(root, "train", transform=train_transform(cfg.image_size), cache_size=cache)
-        test = CUB200(root, "test", transform=eval_transform(cfg.image_size), cache_size=cache)
+        mean, std = input_stats(cfg.backbone)      # what the pretrained weights expect (0.5 for the ViTs)
+        test_tf = eval_transform(cfg.image_size, cfg.resize or None, cfg.interpolation, mean, std)
+        train = CUB200(root, "train", cache_size=cache,
+                       transform=train_transform(cfg.image_size, (cfg.crop_scale_min, 1.0), cfg.interpolation, mean, std))
+        test = CUB200(root, "test", transform=test_tf, cache_size=cache)
+        train_eval = CUB200(root, "train", transform=test_tf, cache_size=cache) if cfg.val_classes else None
+    val = None
+    if cfg.val_classes:
+        classes = sorted(set(train.targets))
+        if not 2 <= cfg.val_classes <= len(classes) - 2:
+            raise ValueError(f"val_classes={cfg.val_classes} must leave at least 2 classes on each side of the "
+                             f"{len(classes)} training classes")
+        held = set(classes[-cfg.val_classes:])
+        val = ClassSubset(train_eval, held)
+        train = ClassSubset(train, set(classes) - held)
     if cfg.label_noise > 0:
         train = _NoisyLabels(train, flip_labels(train.targets, cfg.label_noise, cfg.seed))
+    return train, val, test
+
+
+def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
+    """(train, test) datasets of the config (see :func:`build_splits` for the validation classes)."""
+    train, _, test = build_splits(cfg)
     return train, test
+
+
+def build_net(cfg: Config, with_module: bool = True, pretrained: bool | None = None) -> RetrievalNet:
+    """The config's network; ``with_module=False`` gives the test-time network (no batch module)."""
+    return RetrievalNet(cfg.backbone, cfg.embed_dim, cfg.pretrained if pretrained is None else pretrained,
+                        cfg.batch_module if with_module else None, cfg.module_kwargs,
+                        normalize=cfg.loss != "hyperbolic", pooling=cfg.pooling, head_init=cfg.head_init)
 
 
 def build_model(cfg: Config, num_classes: int) -> tuple[RetrievalNet, MetricLoss]:
     """The network and its loss (with proxies) for a config."""
-    model = RetrievalNet(cfg.backbone, cfg.embed_dim, cfg.pretrained, cfg.batch_module, cfg.module_kwargs,
-                         normalize=cfg.loss != "hyperbolic")
     loss = MetricLoss(cfg.loss, num_classes, cfg.embed_dim, cfg.margin, cfg.alpha,
                       None if cfg.plain_weight < 0 else cfg.plain_weight, m=cfg.m, tau=cfg.tau, c=cfg.curvature,
-                      clip_r=cfg.clip_r)
-    return model, loss
+                      clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction)
+    return build_net(cfg), loss
+
+
+def build_optimizer(cfg: Config, model: RetrievalNet, criterion: MetricLoss) -> torch.optim.AdamW:
+    """AdamW over three groups: network (``lr``), proxies (``proxy_lr_mult``·lr, no weight decay),
+    batch module (``module_lr`` when set, else ``module_lr_mult``·lr). Frozen parameters stay in
+    their group (warm-up unfreezes them later); AdamW skips a parameter while its gradient is None."""
+    module_params = list(model.batch_module.parameters()) if model.batch_module is not None else []
+    module_ids = {id(p) for p in module_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in module_ids], "lr": cfg.lr},
+              {"params": criterion.proxy_parameters(), "lr": cfg.lr * cfg.proxy_lr_mult, "weight_decay": 0.0}]
+    if module_params:
+        groups.append({"params": module_params, "lr": cfg.module_lr or cfg.lr * cfg.module_lr_mult})
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _is_bn(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
+def set_trainable(model: RetrievalNet, cfg: Config, epoch: int) -> None:
+    """Which parameters train in ``epoch``, a pure function of (config, epoch) so a resumed run agrees.
+
+    * During the ``warm_epochs`` first epochs only the head and the batch module train (and the
+      proxies, which live in the loss): the backbone is frozen, as Proxy-Anchor's ``--warm``
+      (train.py L275-287).
+    * ``bn_freeze_affine``: BatchNorm weights and biases never train. (Proxy-Anchor's code freezes
+      them at construction but its warm-up end unfreezes every backbone parameter, so there they
+      train after the warm-up: docs/recipes.md.)
+    * Parameters whose name starts with one of the ``frozen`` prefixes never train.
+    """
+    prefixes = tuple(p.strip() for p in cfg.frozen.split(",") if p.strip())
+    bn_params = {id(p) for m in model.modules() if _is_bn(m) for p in m.parameters(recurse=False)}
+    for name, p in model.named_parameters():
+        trainable = not (epoch < cfg.warm_epochs and name.startswith("backbone."))
+        if cfg.bn_freeze_affine and id(p) in bn_params:
+            trainable = False
+        if prefixes and name.startswith(prefixes):
+            trainable = False
+        p.requires_grad_(trainable)
 
 
 # ------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def embed_dataset(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, dev: torch.device | None = None,
-                  num_workers: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (N, E) and labels (N,) of a whole dataset, in eval mode, on CPU."""
+                  num_workers: int = 0, progress: bool = False, outputs: str = "embedding"):
+    """Embeddings (N, E) and labels (N,) of a whole dataset, in eval mode, on CPU.
+
+    ``outputs="head_and_features"`` returns ``(head output (N, E) before any normalisation,
+    backbone features (N, D), labels)`` instead: what the hyperbolic tier evaluates.
+    """
+    if outputs not in ("embedding", "head_and_features"):
+        raise ValueError(f"outputs must be 'embedding' or 'head_and_features', got {outputs!r}")
     dev = dev or next(model.parameters()).device
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(0))
-    embs, labels = [], []
+    heads, feats, labels = [], [], []
     dtype = autocast_dtype(dev)
     for x, y in tqdm(loader, desc="embed", leave=False, disable=bars_disabled(progress)):
         x = x.to(dev, non_blocking=True)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            embs.append(model(x).float().cpu())
+            if outputs == "embedding":
+                heads.append(model(x).float().cpu())
+            else:
+                f = model.features(x)
+                heads.append(model.head(f).float().cpu())
+                feats.append(f.float().cpu())
         labels.append(torch.as_tensor(y))
     model.train(was_training)
-    return torch.cat(embs), torch.cat(labels)
+    if outputs == "embedding":
+        return torch.cat(heads), torch.cat(labels)
+    return torch.cat(heads), torch.cat(feats), torch.cat(labels)
+
+
+def hyperbolic_metrics(head: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, c: float, clip_r: float,
+                       with_nmi: bool = True) -> dict[str, float]:
+    """Hyp-ViT's two evaluations (helpers.py L19-53): Recall@K and MAP@R by Poincaré distance on the
+    head output mapped into the ball (the main figures, with NMI of k-means on the ball's coordinates),
+    and by cosine on the backbone feature (keys prefixed ``feat_``)."""
+    from .losses import poincare_knn, to_poincare
+    from .metrics import map_at_r, nmi, recall_at_k
+
+    z = to_poincare(head.float(), c, clip_r)
+    rmax = int(labels.unique(return_counts=True)[1].max()) - 1
+    nn_ = poincare_knn(z, min(max(8, rmax), z.shape[0] - 1), c)
+    out = {f"R@{k}": v for k, v in recall_at_k(z, labels, neighbours=nn_).items()}
+    out["MAP@R"] = map_at_r(z, labels, neighbours=nn_)
+    if with_nmi:
+        out["NMI"] = nmi(z, labels)
+    plain = retrieval_metrics(torch.nn.functional.normalize(features.float(), dim=1), labels, with_nmi=False)
+    out.update({f"feat_{k}": v for k, v in plain.items()})
+    return out
 
 
 def evaluate(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, with_nmi: bool = True,
-             dev: torch.device | None = None) -> dict[str, float]:
-    """Recall@1/2/4/8, MAP@R (and NMI) of the model on a test set."""
+             dev: torch.device | None = None, cfg: Config | None = None) -> dict[str, float]:
+    """Recall@1/2/4/8, MAP@R (and NMI) of the model on a test set (cosine of the embeddings);
+    for a config with the hyperbolic loss, both of Hyp-ViT's evaluations (:func:`hyperbolic_metrics`)."""
+    if cfg is not None and cfg.loss == "hyperbolic":
+        head, feats, y = embed_dataset(model, dataset, batch_size, dev, outputs="head_and_features")
+        return hyperbolic_metrics(head, feats, y, cfg.curvature, cfg.clip_r, with_nmi)
     emb, y = embed_dataset(model, dataset, batch_size, dev)
     return retrieval_metrics(emb, y, with_nmi=with_nmi)
 
@@ -329,6 +494,7 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
     """
     from torch.nn.parallel import DistributedDataParallel
 
+    from .data import RandomBatchSampler
     from .distributed import GatherBatch, setup
 
     cfg.validate()
@@ -338,8 +504,14 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
     lead = rank == 0
     run = cfg.run_dir
     run.mkdir(parents=True, exist_ok=True)
-    train_ds, test_ds = build_datasets(cfg)
+    train_ds, val_ds, test_ds = build_splits(cfg)
     model, criterion = build_model(cfg, num_classes=len(set(train_ds.targets)))
+    prefixes = [p.strip() for p in cfg.frozen.split(",") if p.strip()]
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            raise ValueError(f"frozen={prefix!r} matches no parameter of {cfg.backbone}; parameter names start "
+                             f"with e.g. {', '.join(sorted({n.rsplit('.', 2)[0] for n in names})[:6])}")
     model.to(dev)
     criterion.to(dev)
     if dev.type == "cuda":
@@ -348,31 +520,33 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if world_size > 1 and cfg.global_batch:
         model.gather = GatherBatch()
-    # BGFormer with lam=1 leaves its label path unused: DDP must be told to expect that
+    # BGFormer with lam=1 leaves its label path unused, and warm-up freezes the backbone for a
+    # while: DDP must be told to expect parameters without gradients in those cases
+    set_trainable(model, cfg, epoch=cfg.epochs)          # the final state: DDP registers these parameters
+    find_unused = cfg.batch_module == "bgformer" or cfg.warm_epochs > 0
     net = DistributedDataParallel(model, device_ids=[local_rank] if dev.type == "cuda" else None,
-                                  find_unused_parameters=cfg.batch_module == "bgformer") if world_size > 1 else model
-    module_params = list(model.batch_module.parameters()) if model.batch_module is not None else []
-    module_ids = {id(p) for p in module_params}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in module_ids], "lr": cfg.lr},
-              {"params": criterion.proxy_parameters(), "lr": cfg.lr * cfg.proxy_lr_mult, "weight_decay": 0.0}]
-    if module_params:
-        groups.append({"params": module_params, "lr": cfg.lr * cfg.module_lr_mult})
-    groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = MPerClassBatchSampler(train_ds.targets, cfg.m, cfg.batch_size, cfg.steps_per_epoch or None, cfg.seed,
-                                    rank=rank, world_size=world_size)
+                                  find_unused_parameters=find_unused) if world_size > 1 else model
+    optimizer = build_optimizer(cfg, model, criterion)
+    prec = Precision(cfg.precision, dev)
+    if cfg.sampler == "random":
+        sampler = RandomBatchSampler(len(train_ds), cfg.batch_size, cfg.steps_per_epoch or None, cfg.seed,
+                                     rank=rank, world_size=world_size)
+    else:
+        sampler = MPerClassBatchSampler(train_ds.targets, cfg.m, cfg.batch_size, cfg.steps_per_epoch or None,
+                                        cfg.seed, rank=rank, world_size=world_size)
     steps_per_epoch = sampler.num_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
-    history: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(dev), "initial": None,
-                               "epochs": [], "steps": []}
+    history: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(dev), "precision": prec.name,
+                               "initial": None, "epochs": [], "steps": []}
     start_epoch, start_batch = 0, 0
-    last, best = run / "last.pt", run / "best.pt"
+    last, best_val = run / "last.pt", run / "best_val.pt"
     if resume and last.is_file():
         ck = load_checkpoint(last, dev)
         model.load_state_dict(ck["model"])
         criterion.load_state_dict(ck["loss"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
+        prec.load_state_dict(ck.get("scaler", {}))
         torch.set_rng_state(ck["rng_cpu"])
         if dev.type == "cuda" and "rng_cuda" in ck:
             torch.cuda.set_rng_state(ck["rng_cuda"])
@@ -385,30 +559,34 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
         if not lead:
             return
         state = {"model": model.state_dict(), "loss": criterion.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(), "epoch": epoch,
-                 "batch": batch, "history": json.dumps(history), "config": json.dumps(dataclasses.asdict(cfg))}
+                 "scheduler": scheduler.state_dict(), "scaler": prec.state_dict(), "rng_cpu": torch.get_rng_state(),
+                 "epoch": epoch, "batch": batch, "history": json.dumps(history),
+                 "config": json.dumps(dataclasses.asdict(cfg))}
         if dev.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state()
         _atomic_save(state, last)
 
-    def eval_now() -> dict[str, float]:
+    def eval_now(dataset: Dataset) -> dict[str, float]:
         """Rank 0 evaluates; the other ranks wait for it (and get an empty dict)."""
-        metrics = evaluate(model, test_ds, cfg.eval_batch_size, cfg.eval_nmi, dev) if lead else {}
+        metrics = evaluate(model, dataset, cfg.eval_batch_size, cfg.eval_nmi, dev, cfg) if lead else {}
         if world_size > 1:
             torch.distributed.barrier()
         return metrics
 
     if history["initial"] is None:
-        history["initial"] = eval_now()
+        history["initial"] = eval_now(test_ds)
+        if val_ds is not None:
+            history["initial_val"] = eval_now(val_ds)
         if lead:
             _atomic_json(history, run / "history.json")
-    dtype = autocast_dtype(dev) if cfg.amp else None
     loader_kwargs = dict(num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
                          persistent_workers=False)
+    clip_params = [p for p in model.parameters()] + criterion.proxy_parameters()
     epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.preset}", disable=bars_disabled(cfg.progress),
                       initial=start_epoch, total=cfg.epochs)
     for epoch in epochs_bar:
         set_train_mode(model, cfg.bn_freeze)
+        set_trainable(model, cfg, epoch)
         sampler.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
         # the loader's own generator: creating its iterator must not draw from the global RNG,
         # whose state the checkpoint carries (a resumed run would otherwise drift)
@@ -421,19 +599,26 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            with prec.autocast():
                 emb, y2 = net(x, y)
             loss = criterion(emb, y2, batch_size=x.shape[0] * (world_size if model.gather else 1))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, batch {batch_idx}; "
                                          f"lower lr (now {cfg.lr}) or check the data")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            prec.backward(loss)
             if world_size > 1:            # the proxies live outside DDP: average their gradients by hand
                 for p in criterion.proxy_parameters():
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world_size
-            optimizer.step()
+            if cfg.clip_grad_value or cfg.clip_grad_norm:
+                prec.unscale(optimizer)   # clip the true gradients, not the fp16-scaled ones
+                grads = [p for p in clip_params if p.grad is not None]
+                if cfg.clip_grad_value:
+                    torch.nn.utils.clip_grad_value_(grads, cfg.clip_grad_value)
+                if cfg.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(grads, cfg.clip_grad_norm)
+            prec.step(optimizer)
             scheduler.step()
             n_images += x.shape[0]
             loss_value = loss.item()
@@ -442,20 +627,25 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
             if cfg.ckpt_every and (batch_idx + 1) % cfg.ckpt_every == 0 and batch_idx + 1 < steps_per_epoch:
                 save_last(epoch, batch_idx + 1)
         seconds = time.perf_counter() - t0
-        metrics = eval_now()
+        evaluate_test = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        metrics = eval_now(test_ds) if evaluate_test else {}
+        val_metrics = eval_now(val_ds) if val_ds is not None else None
         if not lead:
             continue
         epoch_losses = [s["loss"] for s in history["steps"] if s["epoch"] == epoch]
         record = {"epoch": epoch + 1, "loss": sum(epoch_losses) / max(1, len(epoch_losses)), **metrics,
                   "train_seconds": seconds, "images_per_s": n_images / max(seconds, 1e-9)}
+        if val_metrics is not None:
+            record["val"] = val_metrics
+            previous_best = max((e["val"]["R@1"] for e in history["epochs"]), default=-1.0)
+            if val_metrics["R@1"] > previous_best:    # model selection on held-out *training* classes only
+                _atomic_save({"model": model.state_dict(), "epoch": epoch + 1, "val": val_metrics,
+                              "config": json.dumps(dataclasses.asdict(cfg))}, best_val)
         history["epochs"].append(record)
-        previous_best = max((e["R@1"] for e in history["epochs"][:-1]), default=-1.0)
-        if metrics["R@1"] > previous_best:
-            _atomic_save({"model": model.state_dict(), "epoch": epoch + 1, "metrics": metrics,
-                          "config": json.dumps(dataclasses.asdict(cfg))}, best)
         save_last(epoch + 1, 0)
         _atomic_json(history, run / "history.json")
-        epochs_bar.set_postfix({"R@1": f"{metrics['R@1']:.3f}"})
+        if metrics:
+            epochs_bar.set_postfix({"R@1": f"{metrics['R@1']:.3f}"})
         if callback is not None:
             callback(history)
     return history

@@ -25,8 +25,11 @@ def device(prefer: str | None = None) -> torch.device:
 
 
 def autocast_dtype(dev: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA, none (float32) on CPU, as CONVENTIONS.md asks."""
-    return torch.bfloat16 if dev.type == "cuda" else None
+    """The autocast dtype of ``precision="auto"`` on ``dev``: bf16 on CUDA GPUs of compute
+    capability 8.0 and above, fp16 below, none (float32) on the CPU (:mod:`bgtutorial.precision`)."""
+    from .precision import resolve_precision
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[resolve_precision("auto", dev)]
 
 
 def seed_everything(seed: int) -> None:

@@ -62,8 +62,9 @@ def test_hyperbolic_loss_matches_loop_reference():
                 logits = torch.stack([-poincare_distance(q[None], k[None], c)[0, 0] / tau for k in cands])
                 total += float(-F.log_softmax(logits, 0)[a])
             pairs += 1
-    ref = total / (P * pairs)
-    assert float(HyperbolicPairLoss(m, tau, c)(emb, y)) == pytest.approx(ref, rel=1e-4)
+    # Hyp-ViT: each pair's cross-entropy is a mean over the P rows, the pairs are summed
+    assert float(HyperbolicPairLoss(m, tau, c)(emb, y)) == pytest.approx(total / P, rel=1e-4)
+    assert float(HyperbolicPairLoss(m, tau, c, reduction="mean")(emb, y)) == pytest.approx(total / (P * pairs), rel=1e-4)
 
 
 def test_hyperbolic_loss_rewards_tight_classes_and_has_finite_gradients():

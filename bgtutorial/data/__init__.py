@@ -2,7 +2,7 @@
 from .cub import CUB200, CUBDataError, download_cub, eval_transform, train_transform
 from .digits import DigitsRetrieval
 from .fake_cub import fake_cub_url, make_fake_cub
-from .sampler import MPerClassBatchSampler
+from .sampler import MPerClassBatchSampler, RandomBatchSampler
 
 __all__ = ["CUB200", "CUBDataError", "download_cub", "train_transform", "eval_transform",
-           "DigitsRetrieval", "make_fake_cub", "fake_cub_url", "MPerClassBatchSampler"]
+           "DigitsRetrieval", "make_fake_cub", "fake_cub_url", "MPerClassBatchSampler", "RandomBatchSampler"]

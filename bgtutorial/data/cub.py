@@ -13,7 +13,7 @@ import tarfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Sequence, Literal
 
 import numpy as np
 import torch
@@ -137,17 +137,30 @@ def _read_table(path: Path, fields: int) -> dict[int, list[str]]:
     return table
 
 
-def train_transform(size: int = 224) -> Callable:
-    """Standard training transform: random resized crop + horizontal flip + ImageNet normalisation."""
-    return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0), interpolation: str = "bilinear",
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Callable:
+    """Training transform: random resized crop (area share ``scale``) + horizontal flip + normalisation.
+
+    The defaults are torchvision's and Proxy-Anchor's (dataset/utils.py L72-77); Hyp-ViT uses
+    ``scale=(0.2, 1)``, bicubic, and the ViT's mean/std of 0.5 (train.py L87-100).
+    """
+    return T.Compose([T.RandomResizedCrop(size, scale=tuple(scale), interpolation=_interpolation(interpolation)),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
 
 
-def eval_transform(size: int = 224, resize: int | None = None) -> Callable:
-    """Standard test transform: resize 256 (= size·8/7) + centre crop 224 + ImageNet normalisation."""
+def eval_transform(size: int = 224, resize: int | None = None, interpolation: str = "bilinear",
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Callable:
+    """Test transform: resize the shorter side to ``resize`` (default size·8/7: 256 for 224) + centre crop + normalisation."""
     resize = resize or round(size * 256 / 224)
-    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose([T.Resize(resize, interpolation=_interpolation(interpolation)), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize(mean, std)])
+
+
+def _interpolation(name: str) -> T.InterpolationMode:
+    modes = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+    if name not in modes:
+        raise ValueError(f"unknown interpolation {name!r}; choose one of {', '.join(modes)}")
+    return modes[name]
 
 
 class CUB200(Dataset):

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["MPerClassBatchSampler"]
+__all__ = ["MPerClassBatchSampler", "RandomBatchSampler"]
 
 
 class MPerClassBatchSampler(Sampler[list[int]]):
@@ -76,6 +76,51 @@ class MPerClassBatchSampler(Sampler[list[int]]):
                 cursor[c] += self.m
             batches.append(np.asarray(batch))
         return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.batch_size // self.world_size
+        for batch in self.global_batches(self.epoch)[self.start_batch:]:
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start_batch
+
+
+class RandomBatchSampler(Sampler[list[int]]):
+    """Yields lists of dataset indices drawn at random without replacement (shuffle + drop_last).
+
+    The batches Proxy-Anchor's code trains its baseline with (train.py L141-150, no ``--IPC``):
+    a batch of 120 from CUB's 100 training classes holds about 70 classes, most with one or two
+    images. A pure function of ``(seed, epoch)`` with the same ``set_epoch``/``start_batch``/
+    ``rank`` interface as :class:`MPerClassBatchSampler`, so runs resume at the exact batch. The
+    batch modules need positives in every batch: use m-per-class batches with them.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, num_batches: int | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1 or batch_size > num_samples:
+            raise ValueError(f"batch_size must be in [1, {num_samples}] (the dataset's size), got {batch_size}")
+        if batch_size % world_size != 0:
+            raise ValueError(f"batch_size={batch_size} must split evenly over world_size={world_size}")
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.num_batches = num_batches if num_batches is not None else num_samples // batch_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch (reshuffles) and the batch to start from (resume mid-epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """Every global batch of ``epoch``: consecutive slices of seeded permutations (a new
+        permutation whenever one runs out, so ``num_batches`` may exceed one pass)."""
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        per_pass = self.num_samples // self.batch_size
+        batches: list[np.ndarray] = []
+        while len(batches) < self.num_batches:
+            order = rng.permutation(self.num_samples)
+            batches += [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(per_pass)]
+        return batches[:self.num_batches]
 
     def __iter__(self) -> Iterator[list[int]]:
         per_rank = self.batch_size // self.world_size
