@@ -32,6 +32,7 @@ import os
 import sys
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -80,6 +81,7 @@ class Config:
     margin: float = 0.1
     alpha: float = 32.0
     proxy_lr_mult: float = 100.0
+    proxy_weight_decay: float = 0.0    # AdamW weight decay of the proxies (Proxy-Anchor's code: the common 1e-4)
     tau: float = 0.2                   # hyperbolic loss: temperature
     curvature: float = 0.1             # hyperbolic loss: c of the Poincaré ball
     clip_r: float = 2.3                # hyperbolic loss: feature clipping radius
@@ -177,13 +179,21 @@ def _preset_file(name: str) -> dict[str, Any]:
 
 
 def load_config(preset: str = "digits", **overrides: Any) -> Config:
-    """A validated :class:`Config` from a preset (``"digits-batchformer"`` adds the module) and overrides."""
+    """A validated :class:`Config` from a preset (``"digits-batchformer"`` adds the module) and overrides.
+
+    A preset file may hold a table per batch module (``[bgformer]``): its fields apply only when
+    the preset name asks for that module, e.g. the follow-up's BGFormer settings in ``cub-vits``.
+    Precedence: the preset's fields, then its module table, then ``overrides``.
+    """
     base, module = preset, None
     for mod in (name for name in BATCH_MODULES if name != "none"):
         if preset.endswith("-" + mod):
             base, module = preset[: -len(mod) - 1], mod
     values: dict[str, Any] = {"preset": preset, **_preset_file(base)}
+    tables = {name: values.pop(name) for name in BATCH_MODULES if isinstance(values.get(name), dict)}
+    module = overrides.get("batch_module", module)       # experiments pass the module as an override
     if module:
+        values.update(tables.get(module, {}))
         values["batch_module"] = module
     names = {f.name for f in dataclasses.fields(Config)}
     for key, value in overrides.items():
@@ -338,13 +348,14 @@ def build_model(cfg: Config, num_classes: int) -> tuple[RetrievalNet, MetricLoss
 
 
 def build_optimizer(cfg: Config, model: RetrievalNet, criterion: MetricLoss) -> torch.optim.AdamW:
-    """AdamW over three groups: network (``lr``), proxies (``proxy_lr_mult``·lr, no weight decay),
+    """AdamW over three groups: network (``lr``), proxies (``proxy_lr_mult``·lr, ``proxy_weight_decay``),
     batch module (``module_lr`` when set, else ``module_lr_mult``·lr). Frozen parameters stay in
     their group (warm-up unfreezes them later); AdamW skips a parameter while its gradient is None."""
     module_params = list(model.batch_module.parameters()) if model.batch_module is not None else []
     module_ids = {id(p) for p in module_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in module_ids], "lr": cfg.lr},
-              {"params": criterion.proxy_parameters(), "lr": cfg.lr * cfg.proxy_lr_mult, "weight_decay": 0.0}]
+              {"params": criterion.proxy_parameters(), "lr": cfg.lr * cfg.proxy_lr_mult,
+               "weight_decay": cfg.proxy_weight_decay}]
     if module_params:
         groups.append({"params": module_params, "lr": cfg.module_lr or cfg.lr * cfg.module_lr_mult})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -618,8 +629,12 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
                     torch.nn.utils.clip_grad_value_(grads, cfg.clip_grad_value)
                 if cfg.clip_grad_norm:
                     torch.nn.utils.clip_grad_norm_(grads, cfg.clip_grad_norm)
-            prec.step(optimizer)
-            scheduler.step()
+            if prec.step(optimizer):
+                scheduler.step()
+            else:                         # fp16 overflow: the scaler skipped this step; the schedule still advances
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                    scheduler.step()
             n_images += x.shape[0]
             loss_value = loss.item()
             history["steps"].append({"epoch": epoch, "batch": batch_idx, "loss": loss_value})

@@ -185,15 +185,16 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
 def test_cub_resnet50_preset_path_runs_on_synthetic_archive(tmp_path):
     """The full GPU preset's code path (CUB loader, ResNet-50, step schedule, module lr group) on CPU."""
     cfg = load_config("cub-resnet50-batchformer", dataset="fake-cub", data_root=str(tmp_path / "data"),
-                      out=str(tmp_path / "run"), pretrained=False, image_size=64, epochs=1, steps_per_epoch=2,
-                      batch_size=8, m=4, fake_classes=6, fake_per_class=4, num_workers=0, eval_nmi=False,
-                      progress=False)
+                      out=str(tmp_path / "run"), pretrained=False, image_size=64, epochs=2, warm_epochs=1,
+                      steps_per_epoch=1, batch_size=8, m=4, fake_classes=6, fake_per_class=4, num_workers=0,
+                      eval_nmi=False, progress=False)
     h = train(cfg)
-    assert h["epochs"][0]["epoch"] == 1 and len(h["steps"]) == 2
+    assert [e["epoch"] for e in h["epochs"]] == [1, 2] and len(h["steps"]) == 2
     ck = load_checkpoint(tmp_path / "run" / "last.pt")
     lrs = [g["lr"] for g in ck["optimizer"]["param_groups"]]
-    # backbone/head, proxies (x100), BatchFormer (x0.1), after the step schedule's first epoch
+    # backbone/head, proxies (x100), BatchFormer (x0.1) (the preset's [batchformer] table), before the first halving
     assert lrs == pytest.approx([1e-4, 1e-2, 1e-5])
+    assert [g["weight_decay"] for g in ck["optimizer"]["param_groups"]] == pytest.approx([1e-4] * 3)
     assert any(k.startswith("batch_module.") for k in ck["model"])
 
 
