@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.installed
 export TQDM_MININTERVAL ?= 2
 
-.PHONY: setup demo test test-unit test-notebooks lab bench clean strip
+.PHONY: setup demo test test-unit test-notebooks lab bench gpu-check clean strip
 
 setup: $(STAMP)
 
@@ -32,6 +32,14 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+# On a lent GPU: both CUB tiers x three methods on the synthetic 200-class archive (images/s,
+# peak memory, the batch module's share of a step, the largest batch), then the benchmarks.
+# Exits non-zero on a machine without CUDA. Record the printout in docs/gpu-runs.md.
+gpu-check: $(STAMP)
+	mkdir -p runs
+	$(PY) -m bgtutorial.gpucheck --out runs/gpu-check.json
+	$(MAKE) bench
 
 strip: $(STAMP)
 	$(PY) -m bgtutorial.nbtools strip notebooks/*.ipynb
