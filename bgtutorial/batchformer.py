@@ -4,7 +4,7 @@ The B pooled features of a mini-batch become one sequence of length B, so every 
 attends to every other one. Training only: :meth:`BatchFormer.augment` returns the plain
 features followed by the transformed ones (labels duplicated), and the same head/loss
 sees both halves; at evaluation it is the identity, so the test-time network never calls
-the module (METHOD.md, "BatchFormer").
+the module (docs/method.md, "BatchFormer").
 
 Each layer is the post-norm encoder layer of the authors' code
 (``torch.nn.TransformerEncoderLayer(D, nhead=4, dim_feedforward=D, dropout=0.5)``)

@@ -1,6 +1,6 @@
 """BGFormer, the Batch-Graph Transformer (Wang, Jiang, Wang, Luo; arXiv 2211.10622).
 
-METHOD.md, section "BGFormer". On the pooled features X (B, D) of a mini-batch, one block does
+docs/method.md, section "BGFormer". On the pooled features X (B, D) of a mini-batch, one block does
 
     X̂ = LN(X)
     V = SSA(X̂, G_vis)           structure-constrained attention: softmax over kNN edges only
@@ -11,7 +11,7 @@ METHOD.md, section "BGFormer". On the pooled features X (B, D) of a mini-batch, 
 Training only, like BatchFormer: ``augment(x, y)`` returns ``(cat[x, BGF(x, y)], cat[y, y])``
 with the plain half first; at evaluation it is the identity, so no labels are needed at test.
 
-Choices marked "our reading" in METHOD.md are constructor options (defaults documented there):
+Choices marked "our reading" in docs/method.md are constructor options (defaults documented there):
 ``visual`` ("attention" = Q/K/V attention over the top-k keys, the default; "minmax" = kept
 scores min-max rescaled per row, no softmax, output ``A X̂``), ``k``, ``lam``, ``depth``.
 """

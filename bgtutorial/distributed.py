@@ -6,7 +6,7 @@
   gathered (gradients flow back to each rank's own part through the autograd-aware
   ``all_gather``), so BatchFormer/BGFormer see the whole global batch and the loss is
   computed on it. The authors' code does not do this (their module sees the per-GPU batch,
-  METHOD.md); without the option, so does ours.
+  docs/method.md); without the option, so does ours.
 
 Why the gradients come out right: every rank computes the same global loss L; the backward
 of ``all_gather`` sums the gradient of each rank's copy of L with respect to rank j's

@@ -1,6 +1,6 @@
 """The batch graph of BGFormer: visual (feature kNN) and semantic (label) relations in a mini-batch.
 
-METHOD.md, "BGFormer" items 1-2. Adjacencies are boolean (B, B) matrices, row i listing the
+docs/method.md, "BGFormer". Adjacencies are boolean (B, B) matrices, row i listing the
 samples node i may draw from; every node is its own neighbour.
 """
 from __future__ import annotations

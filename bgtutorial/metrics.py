@@ -1,7 +1,7 @@
 """Retrieval metrics: Recall@K, MAP@R and NMI, with exact kNN by chunked matrix products.
 
 Every sample queries all the others (the query itself is excluded from its own
-neighbours), the CUB-200 retrieval protocol of METHOD.md. The distance matrix is never
+neighbours), the CUB-200 retrieval protocol of docs/method.md. The distance matrix is never
 materialised whole: queries are processed ``chunk_size`` rows at a time, so 12,000 × 512
 runs in bounded memory on CPU or GPU.
 """
@@ -67,7 +67,7 @@ def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int
                 neighbours: torch.Tensor | None = None) -> dict[int, float]:
     """Recall@K: share of queries whose K nearest other samples hold at least one of their class.
 
-    Returns ``{K: recall}`` for each K in ``ks`` (METHOD.md, "Metrics"). ``neighbours``: indices
+    Returns ``{K: recall}`` for each K in ``ks`` (docs/method.md, "The task"). ``neighbours``: indices
     from :func:`knn` with at least max(ks) columns, to reuse one search for several metrics.
     """
     embeddings, labels = _check(embeddings, labels)

@@ -1,7 +1,7 @@
 """The retrieval network: backbone -> global pooling -> [batch module] -> linear embedding -> L2 norm.
 
 The optional batch module (BatchFormer, BGFormer) sits between the pooled feature and the
-embedding head, which is shared by the plain and the module stream (METHOD.md). It only
+embedding head, which is shared by the plain and the module stream (docs/method.md). It only
 acts in training, through ``augment(features, labels)``; at evaluation the forward path
 never touches it.
 """

@@ -3,7 +3,7 @@
 The retrieval protocol (zero-shot deep metric learning) trains on classes 1-100 and
 tests on the unseen classes 101-200; the classification protocol uses the official
 ``train_test_split.txt``. Labels are 0-based and contiguous within each split.
-See ``../shared/docs/METHOD.md``, section "The task".
+See ``docs/method.md``, section "The task".
 """
 from __future__ import annotations
 
