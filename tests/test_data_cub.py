@@ -124,11 +124,16 @@ def test_archive_missing_at_url(tmp_path):
     assert not (tmp_path / "CUB_200_2011.tgz").exists()
 
 
+def _names(folder: Path) -> list[str]:
+    """What a folder holds, but the lock file that serialises concurrent downloads."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".CUB_200_2011.lock")
+
+
 def test_checksum_mismatch_removes_the_download_and_a_retry_works(tmp_path, fake_archive):
     url = fake_cub_url(fake_archive[0])
     with pytest.raises(CUBDataError, match=r"checksum mismatch for the download of .*CUB_200_2011.tgz.*removed"):
         download_cub(tmp_path, url=url, md5="0" * 32)
-    assert sorted(p.name for p in tmp_path.iterdir()) == []       # no archive, no .part: nothing blocks a retry
+    assert _names(tmp_path) == []                      # no archive, no .part: nothing blocks a retry
     assert (download_cub(tmp_path, url=url, md5=fake_archive[1]) / "images.txt").is_file()
 
 
@@ -144,7 +149,7 @@ def test_download_cut_short_is_retried(tmp_path, fake_archive, monkeypatch):
     monkeypatch.setattr(shutil, "copyfile", dies_half_way)
     with pytest.raises(CUBDataError, match="could not download .*connection reset"):
         download_cub(tmp_path, url=url, md5=fake_archive[1])
-    assert list(tmp_path.iterdir()) == []
+    assert _names(tmp_path) == []
     monkeypatch.setattr(shutil, "copyfile", real_copy)
     (tmp_path / "CUB_200_2011.tgz.part").write_bytes(b"left over by a killed process")   # SIGKILL: no cleanup ran
     assert (download_cub(tmp_path, url=url, md5=fake_archive[1]) / "images.txt").is_file()
@@ -184,9 +189,9 @@ def _archive(root: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every path under ``folder`` (links not followed) with the content of regular files."""
+    """Every path under ``folder`` (links not followed) with the content of regular files, but the lock file."""
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
-            for p in folder.rglob("*")}
+            for p in folder.rglob("*") if p.name != ".CUB_200_2011.lock"}
 
 
 ATTACKS = {
@@ -233,7 +238,7 @@ def test_extraction_runs_through_the_standard_data_filter(tmp_path):
     mode = (base / "images" / "run.sh").stat().st_mode
     assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH)
     assert mode & stat.S_IRUSR and (root / "attributes.txt").read_text().startswith("1 has_bill")
-    assert sorted(p.name for p in root.iterdir()) == ["CUB_200_2011", "CUB_200_2011.tgz", "attributes.txt"]
+    assert _names(root) == ["CUB_200_2011", "CUB_200_2011.tgz", "attributes.txt"]
 
 
 def test_the_filter_alone_refuses_what_the_official_archive_lacks(tmp_path):
@@ -329,7 +334,7 @@ def test_data_folder_may_be_a_symlink_to_another_disk(tmp_path, fake_archive):
     assert (disk / CUB_FOLDER / "images.txt").is_file() and base == link / CUB_FOLDER
     ds = CUB200(link, "test", cache_size=16)
     assert len(ds) == 40 and ds[0][0].shape == (3, 16, 16)
-    assert [p.name for p in disk.iterdir() if p.name.startswith(".")] == []     # no temporary folder left
+    assert _names(disk) == ["CUB_200_2011", "CUB_200_2011.tgz", "attributes.txt"]   # no temporary folder left
 
 
 def test_dangling_data_symlink_says_what_to_do(tmp_path, fake_archive):
@@ -448,3 +453,18 @@ def test_split_without_any_image_says_what_to_do(tmp_path, fake_cub_root):
         _drop_class(base, c)
     with pytest.raises(CUBDataError, match=r"images.txt lists no image of the test split .*extract"):
         CUB200(tmp_path, "test")
+
+
+def test_processes_started_together_extract_once(tmp_path, fake_archive):
+    """torchrun starts every rank at once: the lock lets one download and extract, the others reuse it."""
+    code = ("import sys\nfrom bgtutorial.data import download_cub\n"
+            "print(download_cub(sys.argv[1], url=sys.argv[2], md5=sys.argv[3]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", code, str(tmp_path), fake_cub_url(fake_archive[0]), fake_archive[1]]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert len(CUB200(tmp_path, "train")) == 40 and _names(tmp_path) == ["CUB_200_2011", "CUB_200_2011.tgz",
+                                                                    "attributes.txt"]

@@ -16,6 +16,7 @@ outside the folder) into a temporary folder, and moves the result into place at 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -25,7 +26,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -211,6 +212,23 @@ def _fetch(url: str, archive: Path, md5: str | None) -> None:
         part.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root/.CUB_200_2011.lock`` (POSIX), so that processes started
+    together (torchrun ranks) download and extract once; the lock dies with its process."""
+    try:
+        import fcntl
+    except ImportError:           # Windows: no advisory locks, one process at a time is up to the user
+        yield
+        return
+    with open(root / f".{CUB_FOLDER}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5) -> Path:
     """Fetch, verify and extract ``CUB_200_2011.tgz`` into ``root``; return ``root/CUB_200_2011``.
 
@@ -227,13 +245,16 @@ def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5
     if (base / _DONE_MARKER).exists() or ((base / "images.txt").is_file() and not archive.exists()):
         return base
     _writable_root(root)
-    if not archive.exists():
-        _fetch(url, archive, md5)
-    elif md5 is not None and _md5(archive) != md5:
-        raise CUBDataError(
-            f"checksum mismatch for {archive}: expected MD5 {md5}. The file is incomplete or not the "
-            "official archive; delete it and download again.")
-    return _extract(archive, root)
+    with _locked(root):
+        if (base / _DONE_MARKER).exists():    # another process finished while we waited for the lock
+            return base
+        if not archive.exists():
+            _fetch(url, archive, md5)
+        elif md5 is not None and _md5(archive) != md5:
+            raise CUBDataError(
+                f"checksum mismatch for {archive}: expected MD5 {md5}. The file is incomplete or not the "
+                "official archive; delete it and download again.")
+        return _extract(archive, root)
 
 
 def _read_table(path: Path, fields: int) -> dict[int, list[str]]:
