@@ -37,7 +37,7 @@ __all__ = ["CheckpointError", "ConfigMismatchError", "MUTABLE_FIELDS", "CONFIG_F
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 #: the files a run writes into its folder (``--force`` removes exactly these)
-RUN_FILES = (CONFIG_FILE, HISTORY_FILE, "last.pt", "best.pt")
+RUN_FILES = (CONFIG_FILE, HISTORY_FILE, "last.pt", "best.pt", "best_val.pt")
 #: config fields that may differ between a run and the config that resumes or loads it: they say
 #: where files live or how fast the run goes, not what it learns. Every other field must match.
 MUTABLE_FIELDS = frozenset({"preset", "out", "data_root", "device", "num_workers", "progress", "eval_batch_size",

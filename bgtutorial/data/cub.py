@@ -3,7 +3,8 @@
 The retrieval protocol (zero-shot deep metric learning) trains on classes 1-100 and
 tests on the unseen classes 101-200; the classification protocol uses the official
 ``train_test_split.txt``. Labels are 0-based and contiguous within each split (over the
-classes that have images in it). See the method notes in the README, "The task".
+classes that have images in it). The retrieval split is the one of Oh Song et al. (CVPR 2016),
+the standard deep-metric-learning protocol.
 
 Safety: the archive is downloaded to ``CUB_200_2011.tgz.part`` and renamed only once its
 MD5 matches; extraction accepts only what the official archive holds (regular files and
