@@ -101,6 +101,10 @@ class BatchFormer(nn.Module):
         """Training: ``(cat[x, BF(x)], cat[y, y])``, shapes (2B, D), (2B,). Eval: ``(x, y)`` unchanged."""
         if not self.training:
             return x, y
+        if y.ndim != 1:
+            raise ValueError(f"BatchFormer.augment expects labels of shape (B,) = ({x.shape[0]},), got "
+                             f"{tuple(y.shape)}; pass class indices, not one-hot or (B, 1) labels "
+                             "(y.argmax(1) or y.flatten())")
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"features and labels disagree on the batch size: {x.shape[0]} vs {y.shape[0]}")
         return torch.cat([x, self(x)]), torch.cat([y, y])

@@ -138,6 +138,9 @@ class BGFormer(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D) features and (B,) labels -> (B, D)."""
         check_features(x, self.dim, "BGFormer")
+        if y is not None and y.ndim != 1:
+            raise ValueError(f"BGFormer expects labels of shape (B,) = ({x.shape[0]},), got {tuple(y.shape)}; "
+                             "pass class indices, not one-hot or (B, 1) labels (y.argmax(1) or y.flatten())")
         if y is not None and y.shape[0] != x.shape[0]:
             raise ValueError(f"features and labels disagree on the batch size: {x.shape[0]} vs {y.shape[0]}")
         for block in self.blocks:

@@ -19,18 +19,28 @@ import torch  # noqa: E402
 from .plots import embedding_projection, plot_history  # noqa: E402
 from .experiments import embed_run  # noqa: E402
 from .train import build_datasets, format_table, load_config, train  # noqa: E402
+from .utils import CLI_ERRORS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bgtutorial.demo", description=__doc__, allow_abbrev=False)
     p.add_argument("--preset", default=None, help="force a preset (default: cub-resnet50 when possible, else digits)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="retrain even if --out holds a run of another config")
     args = p.parse_args(argv)
+    try:
+        return _demo(args)
+    except CLI_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
     cub_here = (Path("data") / "CUB_200_2011" / "images.txt").is_file()
     preset = args.preset or ("cub-resnet50" if cub_here and torch.cuda.is_available() else "digits")
     overrides = {"out": args.out}
-    if args.epochs:
+    if args.epochs is not None:
         overrides["epochs"] = args.epochs
     cfg = load_config(preset, **overrides)
     train_ds, test_ds = build_datasets(cfg)
@@ -41,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:5s}: {len(ds):5d} images, {len(counts):3d} classes "
               f"({min(counts.values())}-{max(counts.values())} per class), classes {ds.classes[0]} ... {ds.classes[-1]}")
     print("  protocol: train on the first half of the classes, Recall@K on the unseen second half")
-    history = train(cfg)
+    history = train(cfg, force=args.force)
     keys = ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI")
     print(format_table({"untrained": {k: history["initial"][k] for k in keys},
                         "trained": {k: history["epochs"][-1][k] for k in keys}}))

@@ -1,14 +1,15 @@
 """Comparisons the notebooks call: baseline vs BatchFormer vs BGFormer over seeds and label noise.
 
-``python -m bgtutorial.experiments --preset digits --seeds 0 1 2 --noise 0 0.4``
+``python -m bgtutorial.experiments --preset digits --seeds 0 1 2 --noise 0 0.4 [--force]``
 
 Each run follows "train or load": a finished run's ``history.json`` is read instead of
-training again, so a notebook can re-plot in seconds.
+training again, so a notebook can re-plot in seconds. A history is returned only for the
+config asked for: a folder holding a run of another method, seed, noise level or budget
+raises ``ConfigMismatchError`` naming the fields (``force=True`` / ``--force`` retrains).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from .checkpoint import HISTORY_FILE, check_config, load_checkpoint, load_history, stored_config
 from .models import BATCH_MODULES
 from .train import load_config, train
-from .utils import bars_disabled
+from .utils import CLI_ERRORS, bars_disabled
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "METHODS"]
 
@@ -26,18 +28,21 @@ __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", 
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
 
 
-def run_or_load(preset: str, out: str | Path, callback=None, **overrides: Any) -> dict[str, Any]:
-    """Train ``preset`` into ``out`` unless a finished history is already there; return the history.
+def run_or_load(preset: str, out: str | Path, callback=None, force: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Train ``preset`` into ``out`` unless a finished history of this very config is there; return the history.
 
-    An unfinished run resumes from its ``last.pt``; ``callback(history)`` is passed to :func:`train`.
+    An unfinished run of the same config resumes from its ``last.pt``; a folder holding another
+    config raises ``ConfigMismatchError`` (fields named), unless ``force=True``, which deletes its
+    run files and trains again. ``callback(history)`` is passed to :func:`train`.
     """
     cfg = load_config(preset, out=str(out), **overrides)
-    path = cfg.run_dir / "history.json"
-    if path.is_file():
-        h = json.loads(path.read_text())
+    path = cfg.run_dir / HISTORY_FILE
+    if not force and path.is_file():
+        h = load_history(path)
+        check_config(h["config"], cfg, f"the run folder {cfg.run_dir}")
         if len(h["epochs"]) >= cfg.epochs:
             return h
-    return train(cfg, resume=True, callback=callback)
+    return train(cfg, resume=not force, callback=callback, force=force)
 
 
 def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0,),
@@ -90,17 +95,20 @@ def embed_run(run_dir: str | Path, checkpoint: str = "last.pt", **overrides: Any
     """
     import dataclasses
 
-    from .train import Config, build_datasets, build_net, embed_dataset, load_checkpoint
+    from .train import Config, build_datasets, build_net, embed_dataset
     from .utils import device
 
     run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "history.json").read_text())["config"]
+    saved = stored_config(run_dir)
+    if saved is None:
+        raise FileNotFoundError(f"{run_dir} holds no finished run (no config.json, history.json or last.pt); "
+                                "train it first (experiments.run_or_load or python -m bgtutorial.train)")
     names = {f.name for f in dataclasses.fields(Config)}
     cfg = Config(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
     _, test_ds = build_datasets(cfg)
     dev = device(cfg.device or None)
     model = build_net(cfg, with_module=False, pretrained=False).to(dev)
-    state = load_checkpoint(run_dir / checkpoint, dev)["model"]
+    state = load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"]
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
     emb, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev)
     return emb, labels, test_ds
@@ -116,16 +124,23 @@ def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bgtutorial.experiments", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="digits")
     p.add_argument("--runs", default="runs/study")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--force", action="store_true",
+                   help="retrain runs whose folder holds another config (their run files are deleted)")
     a = p.parse_args(argv)
-    extra = {"epochs": a.epochs} if a.epochs else {}
-    study = robustness_study(a.preset, a.runs, a.noise, a.seeds, a.methods, **extra)
+    extra = {"epochs": a.epochs} if a.epochs is not None else {}
+    try:
+        study = robustness_study(a.preset, a.runs, a.noise, a.seeds, a.methods, force=a.force, **extra)
+    except CLI_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"| preset | label noise | method | R@1 mean ± std | MAP@R mean ± std | seeds |")
     print("|---|---|---|---|---|---|")
     for noise, res in study.items():

@@ -1,7 +1,8 @@
 """Retrieval metrics: Recall@K, MAP@R and NMI, with exact kNN by chunked matrix products.
 
 Every sample queries all the others (the query itself is excluded from its own
-neighbours), the CUB-200 retrieval protocol of docs/method.md. The distance matrix is never
+neighbours), the CUB-200 retrieval protocol of docs/method.md. Non-finite embeddings are refused:
+NaN distances would otherwise rank every query's twin first and score a perfect Recall@1. The distance matrix is never
 materialised whole: queries are processed ``chunk_size`` rows at a time, so 12,000 × 512
 runs in bounded memory on CPU or GPU.
 """
@@ -15,10 +16,21 @@ import torch
 __all__ = ["knn", "recall_at_k", "map_at_r", "nmi", "retrieval_metrics"]
 
 
+def _check_finite(embeddings: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the rows when an embedding (N, D) holds NaN or inf."""
+    bad = ~torch.isfinite(embeddings).all(dim=1)                     # (N,)
+    if bad.any():
+        rows = bad.nonzero()[:, 0].tolist()
+        raise ValueError(f"{len(rows)} of {embeddings.shape[0]} embeddings hold NaN or inf (rows {rows[:5]}"
+                         f"{' ...' if len(rows) > 5 else ''}): the model diverged or was not loaded; "
+                         "lower the learning rate and train again, or check the checkpoint")
+
+
 def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     embeddings, labels = torch.as_tensor(embeddings), torch.as_tensor(labels)
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
+    _check_finite(embeddings)
     if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
         raise ValueError(f"labels must be (N,) with N={embeddings.shape[0]}, got shape {tuple(labels.shape)}")
     if embeddings.shape[0] < 2:
@@ -34,6 +46,9 @@ def knn(embeddings: torch.Tensor, k: int, chunk_size: int = 1024, metric: str = 
     similarity) computed for ``chunk_size`` queries at a time; the query is excluded.
     """
     x = torch.as_tensor(embeddings).float()
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got shape {tuple(x.shape)}")
+    _check_finite(x)
     n = x.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
@@ -62,6 +77,14 @@ def _neighbours(embeddings: torch.Tensor, k: int, chunk_size: int, metric: str,
     return neighbours[:, :k]
 
 
+def _check_ks(ks: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``ks`` is a non-empty list of integers >= 1."""
+    ks = list(ks)
+    if not ks or any(isinstance(k, bool) or int(k) != k or k < 1 for k in ks):
+        raise ValueError(f"ks must be integers >= 1 (Recall@K counts the K nearest neighbours), got {ks}; "
+                         "e.g. ks=(1, 2, 4, 8)")
+
+
 def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8),
                 chunk_size: int = 1024, metric: str = "euclidean",
                 neighbours: torch.Tensor | None = None) -> dict[int, float]:
@@ -71,6 +94,7 @@ def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int
     from :func:`knn` with at least max(ks) columns, to reuse one search for several metrics.
     """
     embeddings, labels = _check(embeddings, labels)
+    _check_ks(ks)
     kmax = min(max(ks), embeddings.shape[0] - 1)
     nn = _neighbours(embeddings, kmax, chunk_size, metric, neighbours)  # (N, Kmax)
     hit = labels[nn] == labels[:, None]                             # (N, Kmax)
@@ -119,6 +143,7 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequen
                       with_nmi: bool = True) -> dict[str, float]:
     """All metrics in one flat dict: ``R@1, R@2, ..., MAP@R, NMI``."""
     embeddings, labels = _check(embeddings, labels)
+    _check_ks(ks)
     rmax = int(labels.unique(return_counts=True)[1].max()) - 1
     nn = knn(embeddings, min(max(max(ks), rmax), embeddings.shape[0] - 1))   # one search serves both metrics
     out = {f"R@{k}": v for k, v in recall_at_k(embeddings, labels, ks, neighbours=nn).items()}

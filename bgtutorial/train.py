@@ -16,11 +16,15 @@
   checkpoint is chosen on the test classes. With ``val_classes`` > 0 that many training
   classes are held out, evaluated every epoch, and ``best_val.pt`` keeps the best of them.
 * Checkpoints ``last.pt`` (every ``ckpt_every`` steps and every epoch), written atomically
-  (temporary file, then rename) and read with ``weights_only=True``.
+  (temporary file, then rename) and read with ``weights_only=True``;
+  the run folder keeps its config in ``config.json`` (see :mod:`bgtutorial.checkpoint`).
 * ``--resume`` continues from ``last.pt`` at the exact batch it stopped at: the sampler is a
   pure function of (seed, epoch), each sample's augmentation is seeded from its position,
   and the torch RNG state travels in the checkpoint, so a killed run ends with the same
-  weights as an uninterrupted one (CPU, fixed seed).
+  weights as an uninterrupted one (CPU, fixed seed). Resuming (or training again) with a
+  different config is refused with the differing fields named; ``--force`` starts over.
+* Training stops (``FloatingPointError``) as soon as the loss, the embeddings or the weights
+  stop being finite; nothing non-finite is ever saved.
 """
 from __future__ import annotations
 
@@ -28,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import tomllib
@@ -42,13 +45,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_json as _atomic_json
+from .checkpoint import atomic_save as _atomic_save
+from .checkpoint import first_nonfinite, load_checkpoint, prepare_run_dir
 from .data import (CUB200, DigitsRetrieval, MPerClassBatchSampler, download_cub, eval_transform, fake_cub_url,
                    make_fake_cub, train_transform)
 from .losses import LOSSES, MetricLoss
 from .metrics import retrieval_metrics
 from .models import BACKBONES, BATCH_MODULES, HEAD_INITS, POOLINGS, RetrievalNet, input_stats
 from .precision import PRECISIONS, Precision
-from .utils import autocast_dtype, bars_disabled, device, seed_everything
+from .utils import CLI_ERRORS, autocast_dtype, bars_disabled, device, seed_everything
 
 __all__ = ["Config", "load_config", "train", "evaluate", "embed_dataset", "build_datasets", "build_model",
            "load_checkpoint", "PRESETS"]
@@ -138,6 +144,18 @@ class Config:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose digits, fake-cub or cub")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step or constant")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}={value} is not a finite number; pass a finite one, "
+                                 f"e.g. --{f.name} {f.default}")
+        for name, low in _MINIMUM.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} is out of range: it must be >= {low}; "
+                                 f"pass e.g. --{name} {max(low, Config.__dataclass_fields__[name].default)}")
+        if self.lr <= 0 or self.lr_gamma <= 0:
+            raise ValueError(f"lr and lr_gamma must be > 0, got lr={self.lr}, lr_gamma={self.lr_gamma}; "
+                             "try --lr 1e-3 (digits) or 1e-4 (CUB)")
         for name, allowed in (("pooling", POOLINGS), ("head_init", HEAD_INITS), ("precision", PRECISIONS),
                               ("sampler", SAMPLERS), ("interpolation", ("bilinear", "bicubic")),
                               ("pair_reduction", ("sum", "mean"))):
@@ -150,17 +168,13 @@ class Config:
             raise ValueError("the hyperbolic loss needs m views per class: use sampler='m_per_class'")
         if not 0 <= self.warm_epochs < self.epochs:
             raise ValueError(f"warm_epochs must be in [0, epochs), got {self.warm_epochs} with epochs={self.epochs}")
-        if min(self.clip_grad_value, self.clip_grad_norm, self.module_lr, self.val_classes) < 0:
-            raise ValueError("clip_grad_value, clip_grad_norm, module_lr and val_classes must be >= 0")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if not 0 < self.crop_scale_min <= 1:
             raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         if self.m < 1 or self.batch_size % self.m != 0:
             raise ValueError(f"batch_size={self.batch_size} must be a positive multiple of m={self.m} "
                              f"(samples per class); try batch_size={max(self.m, self.batch_size // max(self.m, 1) * self.m)}")
-        if self.epochs < 1 or self.lr <= 0:
-            raise ValueError("epochs must be >= 1 and lr > 0")
+        if self.device:
+            device(self.device)        # a device that is not there: ValueError with the choices
         if not 0.0 <= self.label_noise < 1.0:
             raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")
         return self
@@ -168,6 +182,14 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.preset}-seed{self.seed}")
+
+
+#: smallest allowed value of the numeric fields (``lr`` and ``lr_gamma`` must be > 0)
+_MINIMUM = {"batch_size": 1, "m": 1, "epochs": 1, "lr_step": 1, "eval_batch_size": 1, "embed_dim": 1,
+            "image_size": 1, "views": 1, "fake_classes": 2, "fake_per_class": 1, "steps_per_epoch": 0,
+            "weight_decay": 0, "proxy_lr_mult": 0, "module_lr_mult": 0, "ckpt_every": 0, "num_workers": 0,
+            "cache_size": 0, "warm_epochs": 0, "clip_grad_value": 0, "clip_grad_norm": 0, "module_lr": 0,
+            "proxy_weight_decay": 0, "val_classes": 0, "eval_every": 1, "resize": 0}
 
 
 def _preset_file(name: str) -> dict[str, Any]:
@@ -446,33 +468,33 @@ def hyperbolic_metrics(head: torch.Tensor, features: torch.Tensor, labels: torch
 def evaluate(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, with_nmi: bool = True,
              dev: torch.device | None = None, cfg: Config | None = None) -> dict[str, float]:
     """Recall@1/2/4/8, MAP@R (and NMI) of the model on a test set (cosine of the embeddings);
-    for a config with the hyperbolic loss, both of Hyp-ViT's evaluations (:func:`hyperbolic_metrics`)."""
+    for a config with the hyperbolic loss, both of Hyp-ViT's evaluations (:func:`hyperbolic_metrics`).
+
+    Raises ``FloatingPointError`` when an embedding is not finite (a diverged model would
+    otherwise find each query's twin NaN and score a perfect Recall@1).
+    """
     if cfg is not None and cfg.loss == "hyperbolic":
         head, feats, y = embed_dataset(model, dataset, batch_size, dev, outputs="head_and_features")
+        _refuse_non_finite(torch.cat([head, feats], dim=1))
         return hyperbolic_metrics(head, feats, y, cfg.curvature, cfg.clip_r, with_nmi)
     emb, y = embed_dataset(model, dataset, batch_size, dev)
+    _refuse_non_finite(emb)
     return retrieval_metrics(emb, y, with_nmi=with_nmi)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)          # atomic on POSIX: a reader sees the old or the new file, never half
+def _refuse_non_finite(emb: torch.Tensor) -> None:
+    bad = ~torch.isfinite(emb).all(dim=1)                        # (N,)
+    if bad.any():
+        raise FloatingPointError(f"{int(bad.sum())} of {len(emb)} test embeddings are NaN or inf: the model "
+                                 "diverged; lower lr and train again (--force)")
 
 
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); a clear error when it is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first (python -m bgtutorial.train ...)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+# ------------------------------------------------------------------------------- schedule
+def _diverged(what: str, epoch: int, batch: int, cfg: Config) -> FloatingPointError:
+    """The error that stops a run whose loss, embeddings or weights stopped being finite."""
+    return FloatingPointError(f"{what} became NaN or inf at epoch {epoch + 1}, batch {batch}; training stopped "
+                              f"and nothing from this step on was saved. Lower lr (now {cfg.lr}) or check the "
+                              "data, then train again with --force (or into a new --out)")
 
 
 def _lr_lambda(cfg: Config, steps_per_epoch: int):
@@ -494,10 +516,12 @@ def set_train_mode(model: torch.nn.Module, bn_freeze: bool) -> None:
                 m.eval()
 
 
-def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
+def train(cfg: Config, resume: bool = False, callback=None, force: bool = False) -> dict[str, Any]:
     """Train ``cfg``; return the history (also written to ``<run_dir>/history.json``).
 
     ``callback(history)`` is called after every evaluation (live plots in notebooks).
+    A run folder that holds another config (``config.json``) raises ``ConfigMismatchError``,
+    with ``resume`` or without; ``force=True`` deletes its run files and starts over.
     Under torchrun (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel: ``batch_size``
     is the global batch, each rank takes its slice; rank 0 evaluates and writes the files.
     BatchNorm is synchronised across GPUs (SyncBatchNorm) unless ``bn_freeze``; on CPU ranks
@@ -514,7 +538,9 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
     dev = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() else device(cfg.device or None)
     lead = rank == 0
     run = cfg.run_dir
-    run.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run, cfg, force=force, write=lead)     # refuses another config; writes config.json
+    if world_size > 1:
+        torch.distributed.barrier()
     train_ds, val_ds, test_ds = build_splits(cfg)
     model, criterion = build_model(cfg, num_classes=len(set(train_ds.targets)))
     prefixes = [p.strip() for p in cfg.frozen.split(",") if p.strip()]
@@ -552,7 +578,7 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
     start_epoch, start_batch = 0, 0
     last, best_val = run / "last.pt", run / "best_val.pt"
     if resume and last.is_file():
-        ck = load_checkpoint(last, dev)
+        ck = load_checkpoint(last, dev, config=cfg)
         model.load_state_dict(ck["model"])
         criterion.load_state_dict(ck["loss"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -613,9 +639,8 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
             with prec.autocast():
                 emb, y2 = net(x, y)
             loss = criterion(emb, y2, batch_size=x.shape[0] * (world_size if model.gather else 1))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, batch {batch_idx}; "
-                                         f"lower lr (now {cfg.lr}) or check the data")
+            if not (torch.isfinite(loss) & torch.isfinite(emb).all()):
+                raise _diverged("the loss" if torch.isfinite(emb).all() else "the embeddings", epoch, batch_idx, cfg)
             optimizer.zero_grad(set_to_none=True)
             prec.backward(loss)
             if world_size > 1:            # the proxies live outside DDP: average their gradients by hand
@@ -629,7 +654,11 @@ def train(cfg: Config, resume: bool = False, callback=None) -> dict[str, Any]:
                     torch.nn.utils.clip_grad_value_(grads, cfg.clip_grad_value)
                 if cfg.clip_grad_norm:
                     torch.nn.utils.clip_grad_norm_(grads, cfg.clip_grad_norm)
-            if prec.step(optimizer):
+            stepped = prec.step(optimizer)
+            bad = first_nonfinite([*model.named_parameters(), *criterion.named_parameters()])
+            if bad is not None:
+                raise _diverged(f"the weights ({bad})", epoch, batch_idx, cfg)
+            if stepped:
                 scheduler.step()
             else:                         # fp16 overflow: the scaler skipped this step; the schedule still advances
                 with warnings.catch_warnings():
@@ -676,10 +705,12 @@ def _parse_bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bgtutorial.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bgtutorial.train", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="digits", help=f"one of {', '.join(PRESETS)}, optionally + -batchformer/-bgformer")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt when it exists")
+    p.add_argument("--force", action="store_true",
+                   help="delete the run files in <out> (config, history, checkpoints) and train from scratch")
     for f in dataclasses.fields(Config):
         if f.name == "preset":
             continue
@@ -703,18 +734,18 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "resume")}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "resume", "force")}
     try:
         cfg = load_config(args.preset, **overrides)
-    except ValueError as err:
+        if cfg.dataset == "cub" and not torch.cuda.is_available():
+            print("warning: the CUB-200 presets are meant for a CUDA GPU; on this CPU it will be very slow",
+                  file=sys.stderr)
+        history = train(cfg, resume=args.resume, force=args.force)
+    except CLI_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if cfg.dataset == "cub" and not torch.cuda.is_available():
-        print("warning: the CUB-200 presets are meant for a CUDA GPU; on this CPU it will be very slow",
-              file=sys.stderr)
     from .distributed import teardown, world
 
-    history = train(cfg, resume=args.resume)
     rank = world()[0]
     teardown()
     if rank != 0:

@@ -7,21 +7,45 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled"]
+__all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled", "UserError", "CLI_ERRORS"]
+
+
+class UserError(Exception):
+    """An error caused by an input (file, folder, option), whose one-line message says what to do.
+
+    The command-line entry points print such messages (and those of :data:`CLI_ERRORS`) without a
+    traceback and exit with code 2.
+    """
+
+
+#: the exceptions the CLIs turn into ``error: <message>`` on stderr and exit code 2
+CLI_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, PermissionError,
+                                               FloatingPointError)
 
 
 def device(prefer: str | None = None) -> torch.device:
     """The device to compute on: CUDA when present, else CPU (nothing assumes CUDA).
 
-    ``prefer`` ("cpu", "cuda", "cuda:1") overrides the choice; asking for CUDA on a
-    machine without it raises a clear error instead of failing later.
+    ``prefer`` ("cpu", "cuda", "cuda:1", "mps") overrides the choice; a device that is not
+    there (no CUDA, ``cuda:3`` on a one-GPU machine, a misspelt name) raises ``ValueError``
+    with the devices to choose from, instead of failing later.
     """
-    if prefer:
+    if not prefer:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    choices = "'cpu'" + (f", 'cuda' or 'cuda:0' to 'cuda:{n_cuda - 1}'" if n_cuda else "")
+    try:
         dev = torch.device(prefer)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} was asked for but CUDA is not available here; use 'cpu'.")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {prefer!r}; choose {choices}") from err
+    if dev.type == "cuda" and (n_cuda == 0 or (dev.index or 0) >= n_cuda):
+        have = f"{n_cuda} CUDA device(s)" if n_cuda else "no CUDA device"
+        raise ValueError(f"device {prefer!r} does not exist: this machine has {have}; choose {choices}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {prefer!r} (Apple MPS) is not available here; choose {choices}")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {prefer!r} cannot train a model here; choose {choices}")
+    return dev
 
 
 def autocast_dtype(dev: torch.device) -> torch.dtype | None:

@@ -115,6 +115,10 @@ def test_bad_shapes_give_clear_errors(x):
         BatchFormer(10, num_heads=4)
     with pytest.raises(ValueError, match="batch size"):
         bf.train().augment(x, torch.arange(3))
+    n = x.shape[0]
+    for labels in (torch.arange(n)[:, None], torch.nn.functional.one_hot(torch.arange(n) % 3)):   # (B, 1), (B, C)
+        with pytest.raises(ValueError, match=rf"labels of shape \(B,\) = \({n},\), got \({n}, \d+\); pass class"):
+            bf.train().augment(x, labels)
 
 
 def test_test_time_network_never_calls_the_module():

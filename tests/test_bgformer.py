@@ -193,6 +193,8 @@ def test_bad_options():
         BGFormerBlock(D, H, visual="gcn")
     with pytest.raises(ValueError, match="built for feature width 16"):
         BGFormer(D, H)(torch.randn(4, 8), torch.arange(4))
+    with pytest.raises(ValueError, match=r"labels of shape \(B,\) = \(4,\), got \(4, 1\)"):
+        BGFormer(D, H).train().augment(torch.randn(4, D), torch.arange(4)[:, None])
 
 
 def test_integration_in_retrieval_net():

@@ -1,7 +1,10 @@
 """CUB-200-2011 pipeline on synthetic archives built in the official layout."""
 import hashlib
 import io
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -127,9 +130,36 @@ def test_archive_missing_at_url(tmp_path):
     assert not (tmp_path / "CUB_200_2011.tgz").exists()
 
 
-def test_checksum_mismatch(tmp_path, fake_archive):
-    with pytest.raises(CUBDataError, match=r"checksum mismatch for .*CUB_200_2011.tgz.*delete it"):
-        download_cub(tmp_path, url=fake_cub_url(fake_archive[0]), md5="0" * 32)
+def _names(folder: Path) -> list[str]:
+    """What a folder holds, but the lock file that serialises concurrent downloads."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".CUB_200_2011.lock")
+
+
+def test_checksum_mismatch_removes_the_download_and_a_retry_works(tmp_path, fake_archive):
+    url = fake_cub_url(fake_archive[0])
+    with pytest.raises(CUBDataError, match=r"checksum mismatch for the download of .*CUB_200_2011.tgz.*removed"):
+        download_cub(tmp_path, url=url, md5="0" * 32)
+    assert _names(tmp_path) == []                      # no archive, no .part: nothing blocks a retry
+    assert (download_cub(tmp_path, url=url, md5=fake_archive[1]) / "images.txt").is_file()
+
+
+def test_download_cut_short_is_retried(tmp_path, fake_archive, monkeypatch):
+    """A transfer that dies half-way leaves no archive behind; the next call downloads again."""
+    url = fake_cub_url(fake_archive[0])
+    real_copy = shutil.copyfile
+
+    def dies_half_way(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:1000])
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(shutil, "copyfile", dies_half_way)
+    with pytest.raises(CUBDataError, match="could not download .*connection reset"):
+        download_cub(tmp_path, url=url, md5=fake_archive[1])
+    assert _names(tmp_path) == []
+    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    (tmp_path / "CUB_200_2011.tgz.part").write_bytes(b"left over by a killed process")   # SIGKILL: no cleanup ran
+    assert (download_cub(tmp_path, url=url, md5=fake_archive[1]) / "images.txt").is_file()
+    assert not (tmp_path / "CUB_200_2011.tgz.part").exists()
 
 
 def test_official_md5_is_checked_by_default(tmp_path, fake_archive):
@@ -146,35 +176,88 @@ def test_truncated_archive(tmp_path, fake_archive):
     assert not (tmp_path / CUB_FOLDER / ".bgtutorial_extracted").exists()
 
 
-def _tgz(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
+def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "",
+            mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size, info.mode = kind, link, len(data), mode
+    return info, data
+
+
+def _archive(root: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
+    """``root/CUB_200_2011.tgz`` with a valid-looking start, then ``members`` in order."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "CUB_200_2011.tgz"
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in (_member("CUB_200_2011", tarfile.DIRTYPE, mode=0o755),
+                           _member("CUB_200_2011/images.txt", data=b"1 a/b.jpg\n"), *members):
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
     return path
 
 
-@pytest.mark.parametrize("member", ["../evil.txt", "CUB_200_2011/../../evil.txt", "/tmp/bgt_evil_abs.txt"])
-def test_extraction_cannot_escape_root(tmp_path, member):
-    root = tmp_path / "root"
-    root.mkdir()
-    _tgz(root / "CUB_200_2011.tgz", {"CUB_200_2011/images.txt": b"1 a/b.jpg\n", member: b"x"})
-    with pytest.raises(CUBDataError, match="outside"):
-        download_cub(root, md5=None)
-    assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/bgt_evil_abs.txt").exists()
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (links not followed) with the content of regular files, but the lock file."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in folder.rglob("*") if p.name != ".CUB_200_2011.lock"}
 
 
-def test_symlink_escaping_root_is_refused(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    _tgz(root / "CUB_200_2011.tgz", {"CUB_200_2011/images.txt": b""}, links={"CUB_200_2011/x": "../../etc"})
-    with pytest.raises(CUBDataError, match="points outside"):
+ATTACKS = {
+    "symlink chain": [_member("CUB_200_2011/a", tarfile.SYMTYPE, link=".."),
+                      _member("CUB_200_2011/b", tarfile.SYMTYPE, link="a/.."),
+                      _member("CUB_200_2011/b/x", data=b"pwned")],
+    "hard link then file": [_member("CUB_200_2011/images/h", tarfile.LNKTYPE, link="../victim.txt"),
+                            _member("CUB_200_2011/images/h", data=b"pwned")],
+    "symlink out": [_member("CUB_200_2011/x", tarfile.SYMTYPE, link="../../etc")],
+    "absolute path": [_member("/tmp/bgt_evil_abs.txt", data=b"pwned")],
+    "dotdot": [_member("../victim.txt", data=b"pwned")],
+    "dotdot inside": [_member("CUB_200_2011/../../victim.txt", data=b"pwned")],
+    "char device": [_member("CUB_200_2011/null", tarfile.CHRTYPE)],
+    "block device": [_member("CUB_200_2011/sda", tarfile.BLKTYPE)],
+    "fifo": [_member("CUB_200_2011/pipe", tarfile.FIFOTYPE)],
+    "top-level file": [_member("evil.sh", data=b"pwned")],
+    "other folder": [_member("other/x.txt", data=b"pwned")],
+    "duplicate": [_member("CUB_200_2011/images.txt", data=b"1 c/d.jpg\n")],
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_crafted_archive_is_refused_and_writes_nothing(tmp_path, attack):
+    root = tmp_path / "data"
+    (tmp_path / "victim.txt").write_text("precious")
+    _archive(root, *ATTACKS[attack])
+    before = _snapshot(tmp_path)
+    with pytest.raises(CUBDataError, match=r"refusing member .*Delete .*CUB_200_2011.tgz"):
         download_cub(root, md5=None)
+    assert _snapshot(tmp_path) == before          # all or nothing: no folder, no temporary, no victim change
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+    assert not Path("/tmp/bgt_evil_abs.txt").exists()
+
+
+def test_extraction_runs_through_the_standard_data_filter(tmp_path):
+    """Set-uid/set-gid/sticky bits and group/other write are dropped; attributes.txt lands beside the folder."""
+    import stat
+
+    root = tmp_path / "data"
+    _archive(root, _member("CUB_200_2011/images", tarfile.DIRTYPE, mode=0o7777),
+             _member("CUB_200_2011/images/run.sh", data=b"#!/bin/sh\n", mode=0o6777),
+             _member("attributes.txt", data=b"1 has_bill_shape::curved\n"))
+    base = download_cub(root, md5=None)
+    mode = (base / "images" / "run.sh").stat().st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH)
+    assert mode & stat.S_IRUSR and (root / "attributes.txt").read_text().startswith("1 has_bill")
+    assert _names(root) == ["CUB_200_2011", "CUB_200_2011.tgz", "attributes.txt"]
+
+
+def test_the_filter_alone_refuses_what_the_official_archive_lacks(tmp_path):
+    from bgtutorial.data.cub import _cub_filter
+
+    for bad in ATTACKS.values():
+        info = bad[0][0]                                  # the first member of each attack is the bad one
+        if info.name == "CUB_200_2011/images.txt":      # the duplicate is refused by the member loop, not here
+            continue
+        with pytest.raises(tarfile.FilterError):
+            _cub_filter(info, str(tmp_path))
+    ok = _cub_filter(_member("CUB_200_2011/x.jpg", mode=0o4755)[0], str(tmp_path))
+    assert ok.mode == 0o755
 
 
 def _copy_extracted(src_root: Path, dst: Path) -> Path:
@@ -245,3 +328,149 @@ def test_folder_extracted_by_hand_is_reused(tmp_path, fake_cub_root):
     base = _copy_extracted(fake_cub_root, tmp_path)
     (base / ".bgtutorial_extracted").unlink(missing_ok=True)
     assert download_cub(tmp_path, url="file:///nonexistent.tgz") == base   # no archive: trust the folder
+
+
+# ---------------------------------------------------------------- folders: symlinked, read-only
+def test_data_folder_may_be_a_symlink_to_another_disk(tmp_path, fake_archive):
+    disk = tmp_path / "other-disk" / "cub"
+    disk.mkdir(parents=True)
+    link = tmp_path / "data"
+    link.symlink_to(disk, target_is_directory=True)
+    base = download_cub(link, url=fake_cub_url(fake_archive[0]), md5=fake_archive[1])
+    assert (disk / CUB_FOLDER / "images.txt").is_file() and base == link / CUB_FOLDER
+    ds = CUB200(link, "test", cache_size=16)
+    assert len(ds) == 40 and ds[0][0].shape == (3, 16, 16)
+    assert _names(disk) == ["CUB_200_2011", "CUB_200_2011.tgz", "attributes.txt"]   # no temporary folder left
+
+
+def test_dangling_data_symlink_says_what_to_do(tmp_path, fake_archive):
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "unmounted-disk", target_is_directory=True)
+    with pytest.raises(CUBDataError, match=r"symbolic link to .*unmounted-disk, which does not exist: mount"):
+        download_cub(link, url=fake_cub_url(fake_archive[0]), md5=fake_archive[1])
+
+
+def _without_dac_override() -> None:
+    """In the child process (root only): drop CAP_DAC_OVERRIDE, which lets root write into read-only folders."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(24, 1, 0, 0, 0) != 0:          # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE (gone after exec)
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def _run_read_only(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``python args`` in a child that may not write into ``folder`` (made read-only, recursively)."""
+    dirs = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    for d in dirs:
+        d.chmod(0o555)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    kw = dict(env=env, capture_output=True, text=True, timeout=300,
+              preexec_fn=_without_dac_override if os.geteuid() == 0 else None)
+    try:
+        try:
+            probe = subprocess.run([sys.executable, "-c", f"open({str(folder / 'probe')!r}, 'w')"], **kw)
+        except (subprocess.SubprocessError, OSError) as err:
+            pytest.skip(f"cannot start a process without write access here: {err}")
+        if probe.returncode == 0:
+            pytest.skip("cannot make a folder read-only for this user here")
+        return subprocess.run([sys.executable, *args], **kw)
+    finally:
+        for d in dirs:
+            d.chmod(0o755)
+
+
+def test_read_only_data_folder_cli_says_what_to_do(tmp_path, fake_archive):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    shutil.copy(fake_archive[0], ro / "CUB_200_2011.tgz")       # present, but it cannot be extracted here
+    done = _run_read_only(ro, ["-m", "bgtutorial.data.cub", "--root", str(ro), "--md5", fake_archive[1]])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: cannot write into the data folder")
+    assert f"chmod u+w {ro}" in done.stderr and "--root" in done.stderr
+
+
+def test_read_only_folder_with_extracted_data_loads_but_cannot_cache(tmp_path, fake_cub_root):
+    ro = tmp_path / "ro"
+    _copy_extracted(fake_cub_root, ro)
+    code = ("from bgtutorial.data import CUB200, CUBDataError\n"
+            f"print(len(CUB200({str(ro)!r}, 'test')))\n"
+            "try:\n"
+            f"    CUB200({str(ro)!r}, 'test', cache_size=16)\n"
+            "except CUBDataError as err:\n"
+            "    print(err)\n")
+    done = _run_read_only(ro, ["-c", code])
+    assert done.returncode == 0, done.stderr
+    n, message = done.stdout.splitlines()
+    assert n == "40" and "cannot write the image cache" in message and "cache_size=0" in message
+    assert not list((ro / CUB_FOLDER).glob(".cache*"))
+
+
+# ---------------------------------------------------------------- the data CLI
+def test_data_cli_takes_md5_and_refuses_abbreviations(tmp_path, fake_archive, capsys):
+    from bgtutorial.data.cub import main
+
+    url = fake_cub_url(fake_archive[0])
+    assert main(["--root", str(tmp_path / "a"), "--url", url, "--md5", "0" * 32]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: checksum mismatch") and "--md5" in err
+    assert main(["--root", str(tmp_path / "a"), "--url", url, "--md5", fake_archive[1]]) == 0
+    assert "CUB200(split='test'" in capsys.readouterr().out
+    assert main(["--root", str(tmp_path / "b"), "--url", url, "--md5", "none"]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        main(["--ro", str(tmp_path / "c"), "--url", url])
+    assert exit_.value.code == 2 and "unrecognized arguments: --ro" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- cache build and metadata
+def test_failed_cache_build_leaves_no_temporary_file(tmp_path, fake_cub_root):
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    ds = CUB200(tmp_path, "test")
+    ds.samples[3][0].write_bytes(b"not a jpeg")
+    with pytest.raises(CUBDataError, match=r"cannot read image .*corrupt"):
+        CUB200(tmp_path, "test", cache_size=16)
+    assert sorted(p.name for p in base.iterdir() if p.name.startswith(".cache")) == []
+
+
+def _drop_class(base: Path, class_id: int) -> None:
+    """Remove every image of ``class_id`` from the metadata (the class stays in classes.txt)."""
+    labels = dict(line.split() for line in (base / "image_class_labels.txt").read_text().splitlines())
+    gone = {i for i, c in labels.items() if int(c) == class_id}
+    for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+        lines = [ln for ln in (base / name).read_text().splitlines() if ln.split()[0] not in gone]
+        (base / name).write_text("\n".join(lines) + "\n")
+
+
+def test_class_without_images_is_left_out_of_the_labels(tmp_path, fake_cub_root):
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    _drop_class(base, 3)
+    train = CUB200(tmp_path, "train")
+    assert train.class_ids == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+    assert sorted(set(train.targets)) == list(range(9)) and len(train) == 9 * 4    # contiguous: 9 proxies
+    for path, label in train.samples:
+        assert path.parent.name == train.classes[label]
+    assert CUB200(tmp_path, "test").class_ids == list(range(11, 21))
+
+
+def test_split_without_any_image_says_what_to_do(tmp_path, fake_cub_root):
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    for c in range(11, 21):
+        _drop_class(base, c)
+    with pytest.raises(CUBDataError, match=r"images.txt lists no image of the test split .*extract"):
+        CUB200(tmp_path, "test")
+
+
+def test_processes_started_together_extract_once(tmp_path, fake_archive):
+    """torchrun starts every rank at once: the lock lets one download and extract, the others reuse it."""
+    code = ("import sys\nfrom bgtutorial.data import download_cub\n"
+            "print(download_cub(sys.argv[1], url=sys.argv[2], md5=sys.argv[3]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", code, str(tmp_path), fake_cub_url(fake_archive[0]), fake_archive[1]]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert len(CUB200(tmp_path, "train")) == 40 and _names(tmp_path) == ["CUB_200_2011", "CUB_200_2011.tgz",
+                                                                    "attributes.txt"]

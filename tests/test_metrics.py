@@ -141,3 +141,30 @@ def test_shared_neighbours_give_the_same_metrics(data):
     assert map_at_r(x, y, neighbours=nn) == map_at_r(x, y)
     with pytest.raises(ValueError, match="columns"):
         map_at_r(x, y, neighbours=nn[:, :3])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_embeddings_are_refused(data, bad):
+    """A diverged model (all-NaN embeddings) used to score Recall@1 = 1.0: each query found its twin."""
+    x, y = data
+    broken = torch.full_like(x, bad)
+    with pytest.raises(ValueError, match=r"90 of 90 embeddings hold NaN or inf .*lower the learning rate"):
+        retrieval_metrics(broken, y, with_nmi=False)
+    one_row = x.clone()
+    one_row[7, 3] = bad
+    for metric in (recall_at_k, map_at_r, nmi, retrieval_metrics):
+        with pytest.raises(ValueError, match=r"1 of 90 embeddings hold NaN or inf \(rows \[7\]\)"):
+            metric(one_row, y)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        knn(one_row, 3)
+
+
+@pytest.mark.parametrize("ks", [(0,), (1, -2), (), (1.5,)])
+def test_recall_needs_k_of_at_least_one(data, ks):
+    x, y = data
+    with pytest.raises(ValueError, match=r"ks must be integers >= 1 .*e\.g\. ks=\(1, 2, 4, 8\)"):
+        recall_at_k(x, y, ks=ks)
+    with pytest.raises(ValueError, match="ks must be integers >= 1"):
+        retrieval_metrics(x, y, ks=ks, with_nmi=False)
+    with pytest.raises(ValueError, match=r"k must be in \[1, N-1\]"):
+        knn(x, 0)

@@ -2,26 +2,42 @@
 
 The retrieval protocol (zero-shot deep metric learning) trains on classes 1-100 and
 tests on the unseen classes 101-200; the classification protocol uses the official
-``train_test_split.txt``. Labels are 0-based and contiguous within each split.
-See ``docs/method.md``, section "The task".
+``train_test_split.txt``. Labels are 0-based and contiguous within each split (over the
+classes that have images in it). The retrieval split is the one of Oh Song et al. (CVPR 2016),
+the standard deep-metric-learning protocol. See ``docs/method.md``, section "The task".
+
+Safety: the archive is downloaded to ``CUB_200_2011.tgz.part`` and renamed only once its
+MD5 matches; extraction accepts only what the official archive holds (regular files and
+folders under ``CUB_200_2011/``, plus ``attributes.txt`` beside it), runs through the
+standard library's ``data`` extraction filter (no links, no devices, no set-uid bits, nothing
+outside the folder) into a temporary folder, and moves the result into place at the end.
+
+``python -m bgtutorial.data.cub --root data [--url URL] [--md5 MD5|none]``
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import hashlib
 import os
 import shutil
+import sys
 import tarfile
+import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Sequence, Literal
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
-from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+from torchvision.datasets.utils import download_url
 from tqdm.auto import tqdm
+
+from ..utils import UserError
 
 __all__ = [
     "CUB_URL", "CUB_MD5", "CUB_ARCHIVE", "CUB_FOLDER", "METADATA_FILES", "CUBDataError",
@@ -32,6 +48,8 @@ CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 CUB_MD5 = "97eceeb196236b17998738112f37df78"
 CUB_ARCHIVE = "CUB_200_2011.tgz"
 CUB_FOLDER = "CUB_200_2011"
+#: files the official archive holds beside ``CUB_200_2011/``
+CUB_TOP_LEVEL_FILES = ("attributes.txt",)
 #: the five metadata files of the official archive, with the number of fields per line
 METADATA_FILES = {
     "images.txt": 2,               # image_id relative/path.jpg
@@ -45,75 +63,199 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class CUBDataError(RuntimeError):
+class CUBDataError(UserError, RuntimeError):
     """A problem with the CUB-200-2011 files; the message names the file and the fix."""
 
 
-def _check_members(archive: Path, dest: Path) -> None:
-    """Read every member header; refuse any member that would land outside ``dest``.
+def _md5(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
-    Also turns a truncated or corrupt archive into a clear :class:`CUBDataError`.
+
+def _refusal(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` is not something the official archive holds, or ``None`` when it is.
+
+    Accepted: regular files and folders under ``CUB_200_2011/``, and the regular file
+    ``attributes.txt`` at the top level. Refused: absolute paths, ``..`` or ``.`` components,
+    symbolic and hard links, devices, FIFOs, anything else.
     """
-    dest = dest.resolve()
+    name = member.name
+    parts = name.rstrip("/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "an absolute path"
+    if ".." in parts:
+        return "a '..' path component"
+    if member.issym() or member.islnk():
+        return f"a {'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
+    if member.ischr() or member.isblk():
+        return "a device file"
+    if not (member.isreg() or member.isdir()):
+        return "neither a regular file nor a folder"
+    if any(p in ("", ".") for p in parts):
+        return "an irregular path (empty or '.' component)"
+    if member.isreg() and name in CUB_TOP_LEVEL_FILES:
+        return None
+    if parts[0] != CUB_FOLDER:
+        return f"outside {CUB_FOLDER}/"
+    return None
+
+
+def _cub_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """The standard library's ``data`` filter, then our whitelist of what the official archive holds.
+
+    ``data_filter`` refuses absolute paths, ``..``, links leaving ``dest`` and device files, and
+    clears set-uid/set-gid/sticky bits and group/other write permission.
+    """
+    member = tarfile.data_filter(member, dest)
+    reason = _refusal(member)
+    if reason is not None:
+        raise tarfile.FilterError(f"{member.name!r} is {reason}")
+    return member
+
+
+def _refuse(archive: Path, name: str, reason: str) -> CUBDataError:
+    return CUBDataError(
+        f"{archive}: refusing member {name!r} ({reason}); the official archive holds only regular files and "
+        f"folders under {CUB_FOLDER}/ and {', '.join(CUB_TOP_LEVEL_FILES)}. Delete {archive} and download it again.")
+
+
+def _extract(archive: Path, root: Path) -> Path:
+    """Extract the CUB archive into ``root`` safely; return ``root/CUB_200_2011``.
+
+    Each member is checked (:func:`_refusal`, duplicates refused) and extracted through
+    :func:`_cub_filter` into a fresh temporary folder inside ``root``; only when the whole
+    archive went through is ``CUB_200_2011/`` (with our marker) moved into place, so a refused
+    or truncated archive leaves nothing behind.
+    """
+    base = root / CUB_FOLDER
+    tmp = Path(tempfile.mkdtemp(prefix=f".{CUB_FOLDER}.extracting-", dir=root))
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:  # iterating reads all headers: a truncated file fails here
-                target = (dest / member.name).resolve()
-                if not target.is_relative_to(dest):
-                    raise CUBDataError(
-                        f"{archive}: member {member.name!r} would be written outside {dest}; "
-                        "the archive is not the official one. Delete it and download again.")
-                if member.issym() or member.islnk():
-                    link = (target.parent / member.linkname).resolve()
-                    if not link.is_relative_to(dest):
-                        raise CUBDataError(
-                            f"{archive}: link {member.name!r} -> {member.linkname!r} points outside {dest}; "
-                            "the archive is not the official one. Delete it and download again.")
-                if member.isdev():
-                    raise CUBDataError(f"{archive}: member {member.name!r} is a device file; refusing to extract.")
-    except (tarfile.TarError, EOFError, OSError) as err:
-        raise CUBDataError(
-            f"{archive} is truncated or corrupt ({type(err).__name__}: {err}). "
-            f"Delete it and download again (download_cub(root) or CUB200(root, download=True)).") from err
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                seen: set[str] = set()
+                for member in tar:   # one pass: headers are read as we go, a truncated file fails here
+                    reason = _refusal(member)
+                    if reason is None and member.name.rstrip("/") in seen:
+                        reason = "a duplicate of an earlier member"
+                    if reason is not None:
+                        raise _refuse(archive, member.name, reason)
+                    seen.add(member.name.rstrip("/"))
+                    try:
+                        tar.extract(member, tmp, filter=_cub_filter)
+                    except tarfile.FilterError as err:     # the standard filter's own refusal
+                        raise _refuse(archive, member.name, str(err)) from err
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise CUBDataError(
+                f"{archive} is truncated or corrupt ({type(err).__name__}: {err}). "
+                "Delete it and download again (download_cub(root) or CUB200(root, download=True)).") from err
+        if not (tmp / CUB_FOLDER).is_dir():
+            raise CUBDataError(f"{archive} did not contain the folder {CUB_FOLDER}/; it is not the official archive. "
+                               "Delete it and download it again.")
+        (tmp / CUB_FOLDER / _DONE_MARKER).write_text("ok\n")
+        if base.is_symlink() or base.is_file():
+            base.unlink()
+        elif base.exists():              # an earlier, unfinished extraction of ours: replace it
+            shutil.rmtree(base)
+        for name in CUB_TOP_LEVEL_FILES:
+            if (tmp / name).is_file():
+                os.replace(tmp / name, root / name)
+        os.replace(tmp / CUB_FOLDER, base)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return base
+
+
+def _writable_root(root: Path) -> Path:
+    """Create ``root`` if needed and check that files can be written in it; clear errors otherwise."""
+    if root.is_symlink() and not root.exists():
+        raise CUBDataError(f"the data folder {root} is a symbolic link to {os.readlink(root)}, which does not "
+                           "exist: mount that disk or create the folder, or choose another data folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CUBDataError(f"cannot write into the data folder {root} ({err.strerror or err}); make it writable "
+                           f"(chmod u+w {root}) or choose another one (--root / --data_root)") from err
+    return root
+
+
+def _fetch(url: str, archive: Path, md5: str | None) -> None:
+    """Download ``url`` to ``archive.part``, check its MD5, then rename it to ``archive``.
+
+    A download cut short (network error, Ctrl-C, a killed process) never reaches ``archive``:
+    the ``.part`` file is removed (or overwritten by the next try), so a later call retries.
+    """
+    part = archive.with_name(archive.name + ".part")
+    part.unlink(missing_ok=True)           # left over by a process that was killed mid-download
+    try:
+        try:
+            if url.startswith("file://"):  # local mirror / tests: torchvision's downloader handles http(s) only
+                shutil.copyfile(urllib.request.url2pathname(urllib.parse.urlparse(url).path), part)
+            else:
+                download_url(url, str(archive.parent), filename=part.name, md5=None)
+        except Exception as err:  # network errors, 404, ...
+            raise CUBDataError(
+                f"could not download {url} to {archive} ({type(err).__name__}: {err}). Try again, or download it "
+                f"by hand (see data/README.md) and place it at {archive}.") from err
+        if not part.is_file():
+            raise CUBDataError(f"downloading {url} produced no file; download it by hand and place it at {archive}.")
+        if md5 is not None and (got := _md5(part)) != md5:
+            raise CUBDataError(
+                f"checksum mismatch for the download of {url}: expected MD5 {md5}, got {got}; the file was removed. "
+                "Try again (an interrupted transfer), or check the URL and --md5.")
+        os.replace(part, archive)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``root/.CUB_200_2011.lock`` (POSIX), so that processes started
+    together (torchrun ranks) download and extract once; the lock dies with its process."""
+    try:
+        import fcntl
+    except ImportError:           # Windows: no advisory locks, one process at a time is up to the user
+        yield
+        return
+    with open(root / f".{CUB_FOLDER}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5) -> Path:
     """Fetch, verify and extract ``CUB_200_2011.tgz`` into ``root``; return ``root/CUB_200_2011``.
 
     Idempotent: an extracted copy is reused (ours, or one extracted by hand when no archive
-    lies beside it), an archive already in ``root`` with the right MD5 is not downloaded again. The download shows a tqdm progress bar (torchvision's
-    ``download_url``). ``md5=None`` skips the checksum (for archives you built yourself).
-    Extraction refuses any member whose path would escape ``root``.
+    lies beside it), an archive already in ``root`` with the right MD5 is not downloaded again.
+    The download shows a tqdm progress bar (torchvision's ``download_url``), goes to a ``.part``
+    file and is renamed only after its MD5 matches. ``md5=None`` skips the checksum (for
+    archives you built yourself). Extraction is safe (see the module docstring). ``root`` may
+    be a symbolic link (a data folder on another disk).
     """
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
     base = root / CUB_FOLDER
     archive = root / CUB_ARCHIVE
     if (base / _DONE_MARKER).exists() or ((base / "images.txt").is_file() and not archive.exists()):
         return base
-    if not archive.exists():
-        try:
-            if url.startswith("file://"):  # local mirror / tests: torchvision's downloader handles http(s) only
-                shutil.copyfile(urllib.request.url2pathname(urllib.parse.urlparse(url).path), archive)
-            else:
-                download_url(url, str(root), filename=CUB_ARCHIVE, md5=None)
-        except Exception as err:  # network errors, 404, ...
-            archive.unlink(missing_ok=True)
+    _writable_root(root)
+    with _locked(root):
+        if (base / _DONE_MARKER).exists():    # another process finished while we waited for the lock
+            return base
+        if not archive.exists():
+            _fetch(url, archive, md5)
+        elif md5 is not None and _md5(archive) != md5:
             raise CUBDataError(
-                f"could not download {url} to {archive} ({type(err).__name__}: {err}). Download it by hand "
-                f"(see data/README.md) and place it at {archive}.") from err
-    if not archive.exists():
-        raise CUBDataError(f"archive {archive} is missing after download from {url}; place it there by hand.")
-    if md5 is not None and not check_integrity(str(archive), md5):
-        raise CUBDataError(
-            f"checksum mismatch for {archive}: expected MD5 {md5}. The file is incomplete or not the "
-            "official archive; delete it and download again.")
-    _check_members(archive, root)
-    extract_archive(str(archive), str(root))
-    if not base.is_dir():
-        raise CUBDataError(f"{archive} did not contain the folder {CUB_FOLDER}/; it is not the official archive.")
-    (base / _DONE_MARKER).write_text("ok\n")
-    return base
+                f"checksum mismatch for {archive}: expected MD5 {md5}. The file is incomplete or not the "
+                "official archive; delete it and download again.")
+        return _extract(archive, root)
 
 
 def _read_table(path: Path, fields: int) -> dict[int, list[str]]:
@@ -232,13 +374,17 @@ class CUB200(Dataset):
             cls = int(labels[image_id][0])
             if keep(image_id, cls):
                 self.samples.append((base / "images" / images[image_id][0], to_label[cls]))
-        if protocol == "classification":  # keep labels contiguous even if a class has no image in this split
-            present = sorted({lab for _, lab in self.samples})
-            if len(present) != len(keep_classes):
-                remap = {old: new for new, old in enumerate(present)}
-                self.samples = [(p, remap[lab]) for p, lab in self.samples]
-                self.class_ids = [keep_classes[o] for o in present]
-                self.classes = [classes[c][0] for c in self.class_ids]
+        if not self.samples:
+            raise CUBDataError(f"{base / 'images.txt'} lists no image of the {split} split ({protocol} protocol); "
+                               "the metadata is incomplete: extract the official archive again.")
+        # labels stay contiguous (0..C-1) even when a class listed in classes.txt has no image in this split,
+        # so the loss gets no proxy for a class it never sees
+        present = sorted({lab for _, lab in self.samples})
+        if len(present) != len(keep_classes):
+            remap = {old: new for new, old in enumerate(present)}
+            self.samples = [(p, remap[lab]) for p, lab in self.samples]
+            self.class_ids = [keep_classes[o] for o in present]
+            self.classes = [classes[c][0] for c in self.class_ids]
         missing = [p for p, _ in self.samples if not p.is_file()]
         if missing:
             raise CUBDataError(
@@ -262,12 +408,21 @@ class CUB200(Dataset):
         if not path.is_file() or path.stat().st_size != int(np.prod(shape)):
             resize = T.Compose([T.Resize(size), T.CenterCrop(size)])
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            for i in tqdm(range(len(self.samples)), desc=f"caching {self.split} images at {size}px", leave=False):
-                out[i] = np.asarray(resize(self._decode(i)))
-            out.flush()
-            del out
-            os.replace(tmp, path)
+            try:
+                try:
+                    out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                except OSError as err:
+                    raise CUBDataError(
+                        f"cannot write the image cache {tmp} ({err.strerror or err}); make {self.base} writable "
+                        "or set cache_size=0 (decode the JPEGs every epoch)") from err
+                for i in tqdm(range(len(self.samples)), desc=f"caching {self.split} images at {size}px",
+                              leave=False):
+                    out[i] = np.asarray(resize(self._decode(i)))
+                out.flush()
+                del out
+                os.replace(tmp, path)
+            finally:                        # a failed build (bad image, full disk, Ctrl-C) leaves no temporary file
+                tmp.unlink(missing_ok=True)
         return np.memmap(path, mode="r", dtype=np.uint8, shape=shape)
 
     def __len__(self) -> int:
@@ -287,13 +442,25 @@ class CUB200(Dataset):
                 f"classes={len(self.classes)}, root={str(self.root)!r})")
 
 
-if __name__ == "__main__":  # python -m bgtutorial.data.cub --root data
-    import argparse
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bgtutorial.data.cub --root data [--url URL] [--md5 MD5|none]``: download, verify, extract."""
+    parser = argparse.ArgumentParser(prog="python -m bgtutorial.data.cub", allow_abbrev=False,
+                                     description="Download, verify and extract CUB-200-2011.")
+    parser.add_argument("--root", default="data", help="data folder (default: data)")
+    parser.add_argument("--url", default=CUB_URL, help="where to fetch the archive (http(s):// or file://)")
+    parser.add_argument("--md5", default=CUB_MD5,
+                        help="expected MD5 of the archive (default: the official one; 'none' skips the check)")
+    args = parser.parse_args(argv)
+    md5 = None if args.md5.lower() == "none" else args.md5.lower()
+    try:
+        print(download_cub(args.root, url=args.url, md5=md5))
+        for s in ("train", "test"):
+            print(CUB200(args.root, split=s))
+    except (CUBDataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
-    parser = argparse.ArgumentParser(description="Download, verify and extract CUB-200-2011.")
-    parser.add_argument("--root", default="data")
-    parser.add_argument("--url", default=CUB_URL)
-    args = parser.parse_args()
-    print(download_cub(args.root, url=args.url))
-    for s in ("train", "test"):
-        print(CUB200(args.root, split=s))
+
+if __name__ == "__main__":
+    sys.exit(main())

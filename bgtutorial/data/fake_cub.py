@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .cub import CUB_ARCHIVE, CUB_FOLDER
+from .cub import CUB_ARCHIVE, CUB_FOLDER, _writable_root
 
 __all__ = ["make_fake_cub", "fake_cub_url"]
 
@@ -77,7 +77,7 @@ def make_fake_cub(root: str | Path, num_classes: int = 200, per_class: int = 3, 
     if num_classes < 2 or per_class < 1:
         raise ValueError(f"need num_classes >= 2 and per_class >= 1, got {num_classes}, {per_class}")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    _writable_root(root)                   # a clear error for a read-only folder
     rng = np.random.default_rng(seed)
     images, labels, classes, split, boxes = [], [], [], [], []
     path = root / CUB_ARCHIVE
