@@ -1,7 +1,11 @@
 """The batch graph of BGFormer: visual (feature kNN) and semantic (label) relations in a mini-batch.
 
-METHOD.md, "BGFormer" items 1-2. Adjacencies are boolean (B, B) matrices, row i listing the
+docs/method.md, "BGFormer" items 1-2. Adjacencies are boolean (B, B) matrices, row i listing the
 samples node i may draw from; every node is its own neighbour.
+
+The fixed feature-kNN graph here serves BGFormer's ``graph="features"`` option and the
+``visual="minmax"`` variant; the default attention chooses its graph per head from its own
+attention logits instead (``bgtutorial.bgformer.topk_attention_weights``).
 """
 from __future__ import annotations
 
@@ -50,7 +54,12 @@ def semantic_graph(y: torch.Tensor, require_positive: bool = False) -> torch.Ten
 
 
 def normalize_adjacency(a: torch.Tensor, add_self_loops: bool = True) -> torch.Tensor:
-    """Symmetric normalisation ``D^-1/2 (A + I) D^-1/2`` with D the row sums of ``A + I`` (float (B, B))."""
+    """Symmetric normalisation ``D^-1/2 (A + I) D^-1/2`` with D the row sums of ``A + I``: (B, B) -> float (B, B).
+
+    Entry by entry ``Â[i, j] = (A + I)[i, j] / sqrt(d_i d_j)``; symmetric whenever A is. The label
+    graph's diagonal is already 1, so its self-loops weigh 2, as in the authors' label path
+    (``adj + eye`` then ``adj_normalization``). ``add_self_loops=False`` normalises A itself.
+    """
     a = a.float()
     if add_self_loops:
         a = a + torch.eye(a.shape[0], device=a.device)
@@ -60,19 +69,26 @@ def normalize_adjacency(a: torch.Tensor, add_self_loops: bool = True) -> torch.T
 
 @dataclass
 class BatchGraph:
-    """The two graphs of one batch: ``visual`` (B, B) bool, ``semantic`` (B, B) bool or None
-    (no labels), ``semantic_norm`` its normalised float version (or None)."""
-    visual: torch.Tensor
+    """The two graphs of one batch: ``visual`` (B, B) bool or None (when the attention picks its
+    own graph from its logits), ``semantic`` (B, B) bool or None (no labels), ``semantic_norm``
+    its normalised float version (or None)."""
+    visual: torch.Tensor | None
     semantic: torch.Tensor | None = None
     semantic_norm: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, x: torch.Tensor, y: torch.Tensor | None, k: int, require_positive: bool = False) -> "BatchGraph":
-        """Visual kNN graph of features ``x`` (B, D) and, when labels are given, the label graph."""
+    def build(cls, x: torch.Tensor | None, y: torch.Tensor | None, k: int,
+              require_positive: bool = False) -> "BatchGraph":
+        """Visual kNN graph of features ``x`` (B, D) (none when ``x`` is None) and, when labels
+        (B,) are given, the label graph."""
         sem = semantic_graph(y, require_positive) if y is not None else None
-        return cls(visual_graph(x, k), sem, normalize_adjacency(sem) if sem is not None else None)
+        vis = visual_graph(x, k) if x is not None else None
+        return cls(vis, sem, normalize_adjacency(sem) if sem is not None else None)
 
     @property
     def density(self) -> float:
-        """Share of the B² visual edges kept."""
+        """Share of the B² visual edges kept (edges over B², whatever the row counts)."""
+        if self.visual is None:
+            raise ValueError("this BatchGraph has no fixed visual graph (the attention chooses it per head "
+                             "from its logits); build it with features x to get one")
         return float(self.visual.float().mean())

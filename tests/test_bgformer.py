@@ -1,4 +1,6 @@
 """Batch graph and BGFormer against loop references, and their properties."""
+import math
+
 import pytest
 import torch
 
@@ -42,6 +44,25 @@ def test_semantic_graph_and_normalisation(xy):
     assert a[11, 11] == pytest.approx(1.0)     # a class with one sample: propagation keeps the node itself
 
 
+def test_normalize_adjacency_with_unequal_degrees():
+    """Label graphs of m-per-class batches give equal degrees within a class, where D^-1/2 A D^-1/2
+    and D^-1 A agree; a star with a tail does not: check each entry against the formula."""
+    edges = [(0, 1), (0, 2), (0, 3), (3, 4)]
+    a = torch.zeros(5, 5, dtype=torch.bool)
+    for i, j in edges:
+        a[i, j] = a[j, i] = True
+    for loops in (True, False):
+        m = [[float(a[i, j]) + float(loops and i == j) for j in range(5)] for i in range(5)]
+        deg = [sum(row) for row in m]
+        assert len(set(deg)) > 1
+        ref = torch.tensor([[m[i][j] / math.sqrt(deg[i] * deg[j]) for j in range(5)] for i in range(5)])
+        got = normalize_adjacency(a, add_self_loops=loops)
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(got, got.T)
+        # sqrt(deg) is the eigenvector of eigenvalue 1 of the symmetric normalisation
+        torch.testing.assert_close(got @ torch.tensor(deg).sqrt(), torch.tensor(deg).sqrt())
+
+
 def test_batch_without_positive_pair():
     y = torch.arange(5)
     assert torch.equal(semantic_graph(y), torch.eye(5, dtype=torch.bool))
@@ -57,8 +78,18 @@ def test_batch_without_positive_pair():
 def test_batch_graph_container(xy):
     x, y = xy
     g = BatchGraph.build(x, y, k=4)
-    assert g.density == pytest.approx(4 / 12)
+    assert torch.equal(g.visual, visual_graph(x, 4)) and torch.equal(g.semantic, semantic_graph(y))
+    torch.testing.assert_close(g.semantic_norm, naive_normalized_label_graph(y.tolist()))
     assert BatchGraph.build(x, None, k=4).semantic is None
+    assert BatchGraph.build(None, y, k=4).visual is None
+    with pytest.raises(ValueError, match="no fixed visual graph"):
+        BatchGraph.build(None, y, k=4).density
+
+
+def test_density_counts_edges_over_b_squared():
+    # rows with 1, 2, 3 and 4 edges: 10 of 16 pairs, a share no single row has
+    adj = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert BatchGraph(adj).density == pytest.approx(10 / 16)
 
 
 # -------------------------------------------------------------------------------------- SSA
