@@ -51,21 +51,60 @@ def naive_normalized_label_graph(y):
     return torch.tensor([[a[i][j] / math.sqrt(deg[i] * deg[j]) for j in range(B)] for i in range(B)])
 
 
+def naive_layer_norm(x, weight, bias, eps=1e-5):
+    """LayerNorm from its formula, row by row: (x - mean) / sqrt(biased var + eps) * weight + bias."""
+    rows = []
+    for r in x:
+        mean = sum(r) / len(r)
+        var = sum((r - mean) ** 2) / len(r)
+        rows.append((r - mean) / torch.sqrt(var + eps) * weight + bias)
+    return torch.stack(rows)
+
+
+def naive_linear(x, layer):
+    """x Wᵀ + b from a linear layer's parameters (its forward is not called)."""
+    out = x @ layer.weight.T
+    return out + layer.bias if layer.bias is not None else out
+
+
+def naive_gelu(x):
+    """GELU from its definition, x·Φ(x) with Φ the standard normal CDF."""
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def naive_minmax(xn, nbrs):
+    """The min-max visual path: row i sums its neighbours' features, weighted by their similarity
+    to i rescaled to [0, 1] over the row's neighbours (all 1 when they are equal)."""
+    B, D = xn.shape
+    out = []
+    for i in range(B):
+        s = torch.stack([xn[i] @ xn[j] for j in nbrs[i]])
+        w = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else torch.ones_like(s)
+        out.append(sum(w[n] * xn[j] for n, j in enumerate(nbrs[i])))
+    return torch.stack(out)
+
+
 def naive_bgformer_block(block, x, y):
-    """One BGFormer block (eval mode, visual="attention") with loops."""
+    """One BGFormer block (eval mode) with loops and formulas; the block's parameters are read, its
+    sub-layers are never called, so a change to any of them shows."""
     B, D = x.shape
-    xn = block.norm(x)
+    xn = naive_layer_norm(x, block.norm.weight, block.norm.bias, block.norm.eps)
     nbrs = naive_knn(xn, block.k)
-    W, b = block.visual.qkv.weight, block.visual.qkv.bias
-    q, k, v = (xn @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
-    vis = naive_mha_rows(q, k, v, block.visual.num_heads, lambda i: nbrs[i])
-    out = x + block.lam * block.proj_visual(vis)
+    if hasattr(block.visual, "qkv"):
+        W, b = block.visual.qkv.weight, block.visual.qkv.bias
+        q, k, v = (xn @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
+        vis = naive_mha_rows(q, k, v, block.visual.num_heads, lambda i: nbrs[i])
+    else:
+        vis = naive_minmax(xn, nbrs)
+    out = x + block.lam * naive_linear(vis, block.proj_visual[0])
     if block.lam < 1:
         a = naive_normalized_label_graph(y.tolist())
-        xw = block.semantic.weight(xn)
+        xw = xn @ block.semantic.weight.weight.T
         sem = torch.stack([sum(a[i, j] * xw[j] for j in range(B)) for i in range(B)])
-        out = out + (1 - block.lam) * block.proj_semantic(sem)
-    return out + block.ffn(out)
+        out = out + (1 - block.lam) * naive_linear(sem, block.proj_semantic[0])
+    ln, fc1, fc2 = block.ffn[0], block.ffn[1], block.ffn[4]        # FFN = W2·GELU(W1·LN(x) + b1) + b2
+    hidden = naive_gelu(naive_linear(naive_layer_norm(out, ln.weight, ln.bias, ln.eps), fc1))
+    return out + naive_linear(hidden, fc2)
 
 
 def naive_bgformer(module, x, y):

@@ -7,7 +7,8 @@ import torch
 from bgtutorial import RetrievalNet
 from bgtutorial.bgformer import BGFormer, BGFormerBlock, StructureConstrainedAttention
 from bgtutorial.graph import BatchGraph, normalize_adjacency, semantic_graph, visual_graph
-from naive import naive_bgformer, naive_knn, naive_mha_rows, naive_normalized_label_graph
+from naive import (naive_bgformer, naive_knn, naive_layer_norm, naive_minmax, naive_mha_rows,
+                   naive_normalized_label_graph)
 
 D, H = 16, 4
 
@@ -136,7 +137,22 @@ def test_bgformer_matches_loops(xy, lam, depth):
     torch.manual_seed(0)
     m = BGFormer(D, H, depth=depth, k=5, lam=lam).eval()
     with torch.no_grad():
+        for blk in m.blocks:                 # non-trivial LayerNorm affines, so a skipped LN would show
+            for ln in (blk.norm, blk.ffn[0]):
+                ln.weight.uniform_(0.5, 1.5), ln.bias.uniform_(-0.5, 0.5)
         torch.testing.assert_close(m(x, y), naive_bgformer(m, x, y), rtol=1e-4, atol=1e-5)
+
+
+def test_ffn_is_pre_norm(xy):
+    """With both graph paths switched off (λ = 1, P_v = 0) the block is x + MLP(LN(x)): its residual
+    ignores any per-sample shift and positive scale of x, which only a LayerNorm in front gives."""
+    x, _ = xy
+    blk = BGFormerBlock(D, H, lam=1.0).eval()
+    with torch.no_grad():
+        blk.proj_visual[0].weight.zero_(), blk.proj_visual[0].bias.zero_()
+        moved = 3.0 * x + torch.randn(12, 1)
+        torch.testing.assert_close(blk(moved) - moved, blk(x) - x, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(blk(x) - x, torch.zeros(12, D))
 
 
 def test_block_permutation_equivariance(xy):
@@ -169,18 +185,16 @@ def test_minmax_variant(xy):
     x, y = xy
     m = BGFormer(D, H, k=4, visual="minmax").eval()
     blk = m.blocks[0]
-    xn = blk.norm(x)
-    adj = visual_graph(xn, 4)
-    sim = xn @ xn.T
-    ref = torch.zeros(12, D)
-    for i in range(12):
-        js = torch.nonzero(adj[i]).flatten().tolist()
-        s = torch.stack([sim[i, j] for j in js])
-        w = (s - s.min()) / (s.max() - s.min())
-        ref[i] = sum(w[n] * xn[j] for n, j in enumerate(js))
     with torch.no_grad():
-        torch.testing.assert_close(blk.visual(xn, adj), ref, rtol=1e-5, atol=1e-5)
-        assert m(x, y).shape == (12, D)
+        blk.norm.weight.uniform_(0.5, 1.5), blk.norm.bias.uniform_(-0.5, 0.5)
+        xn = naive_layer_norm(x, blk.norm.weight, blk.norm.bias)
+        adj = torch.zeros(12, 12, dtype=torch.bool)
+        for i, js in enumerate(naive_knn(xn, 4)):
+            adj[i, js] = True
+        torch.testing.assert_close(blk.visual(xn, adj), naive_minmax(xn, naive_knn(xn, 4)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x, y), naive_bgformer(m, x, y), rtol=1e-4, atol=1e-5)
+        flat = torch.ones(3, D)                                      # all kept scores equal: weight 1 each
+        torch.testing.assert_close(blk.visual(flat, torch.ones(3, 3, dtype=torch.bool)), 3 * flat)
 
 
 def test_augment_contract(xy):
