@@ -43,6 +43,29 @@ def naive_knn(xn, k):
     return out
 
 
+def naive_topk_mha_rows(q, k, v, num_heads, top_k):
+    """The authors' top-K attention, one head and one query at a time: (B, D) each -> (B, D), (H, B, B).
+
+    Query i of head h scores every key j, keeps the ``min(top_k, B)`` largest scores (ties: the
+    lower j), and takes the softmax over those only; itself is not forced in. Differentiable.
+    """
+    B, D = q.shape
+    d = D // num_heads
+    rows, weights = [], torch.zeros(num_heads, B, B, dtype=q.dtype)
+    for i in range(B):
+        heads = []
+        for h in range(num_heads):
+            sl = slice(h * d, (h + 1) * d)
+            scores = [q[i, sl] @ k[j, sl] / math.sqrt(d) for j in range(B)]
+            keep = sorted(range(B), key=lambda j: (-float(scores[j].detach()), j))[: min(top_k, B)]
+            w = torch.softmax(torch.stack([scores[j] for j in keep]), 0)
+            heads.append(sum(w[n] * v[j, sl] for n, j in enumerate(keep)))
+            for n, j in enumerate(keep):
+                weights[h, i, j] = w[n].detach()
+        rows.append(torch.cat(heads))
+    return torch.stack(rows), weights
+
+
 def naive_normalized_label_graph(y):
     """D^-1/2 (Y + I) D^-1/2 entry by entry."""
     B = len(y)
@@ -89,11 +112,15 @@ def naive_bgformer_block(block, x, y):
     sub-layers are never called, so a change to any of them shows."""
     B, D = x.shape
     xn = naive_layer_norm(x, block.norm.weight, block.norm.bias, block.norm.eps)
-    nbrs = naive_knn(xn, block.k)
+    if block.graph_kind == "features":
+        nbrs = naive_knn(xn, block.k)
     if hasattr(block.visual, "qkv"):
         W, b = block.visual.qkv.weight, block.visual.qkv.bias
         q, k, v = (xn @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
-        vis = naive_mha_rows(q, k, v, block.visual.num_heads, lambda i: nbrs[i])
+        if block.graph_kind == "logits":
+            vis = naive_topk_mha_rows(q, k, v, block.visual.num_heads, block.k)[0]
+        else:
+            vis = naive_mha_rows(q, k, v, block.visual.num_heads, lambda i: nbrs[i])
     else:
         vis = naive_minmax(xn, nbrs)
     out = x + block.lam * naive_linear(vis, block.proj_visual[0])
