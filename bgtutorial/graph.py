@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-__all__ = ["visual_graph", "semantic_graph", "normalize_adjacency", "BatchGraph"]
+__all__ = ["visual_graph", "semantic_graph", "normalize_adjacency", "same_label_share", "BatchGraph"]
 
 
 @torch.no_grad()
@@ -65,6 +65,17 @@ def normalize_adjacency(a: torch.Tensor, add_self_loops: bool = True) -> torch.T
         a = a + torch.eye(a.shape[0], device=a.device)
     d = a.sum(1).clamp_min(1e-12).rsqrt()                           # (B,)
     return rearrange(d, "i -> i 1") * a * rearrange(d, "j -> 1 j")
+
+
+def same_label_share(adj: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of a graph's edges, self-loops left out, that join two samples with the same label.
+
+    ``adj`` (..., B, B), any non-zero entry being an edge (a bool adjacency or attention weights,
+    e.g. one matrix per head), labels ``y`` (B,) -> shares (...,). A graph without edges gives NaN.
+    """
+    edge = (adj != 0) & ~torch.eye(y.shape[0], dtype=torch.bool, device=adj.device)
+    same = rearrange(y, "i -> i 1") == rearrange(y, "j -> 1 j")            # (B, B)
+    return (edge & same).sum((-2, -1)) / edge.sum((-2, -1))
 
 
 @dataclass

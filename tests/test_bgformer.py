@@ -7,7 +7,7 @@ from einops import einsum, rearrange
 
 from bgtutorial import RetrievalNet
 from bgtutorial.bgformer import BGFormer, BGFormerBlock, StructureConstrainedAttention, topk_attention_weights
-from bgtutorial.graph import BatchGraph, normalize_adjacency, semantic_graph, visual_graph
+from bgtutorial.graph import BatchGraph, normalize_adjacency, same_label_share, semantic_graph, visual_graph
 from naive import (naive_bgformer, naive_knn, naive_layer_norm, naive_minmax, naive_mha_rows,
                    naive_normalized_label_graph, naive_topk_mha_rows)
 
@@ -92,6 +92,17 @@ def test_density_counts_edges_over_b_squared():
     # rows with 1, 2, 3 and 4 edges: 10 of 16 pairs, a share no single row has
     adj = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
     assert BatchGraph(adj).density == pytest.approx(10 / 16)
+
+
+def test_same_label_share():
+    y = torch.tensor([0, 0, 1, 1])
+    adj = torch.tensor([[1, 1, 1, 0],        # self left out: 1 same-class edge (0-1), 1 other (0-2)
+                        [0, 1, 0, 0],        # only itself: no edge
+                        [0, 0, 0, 1],        # same class
+                        [1, 1, 0, 0]])       # two other-class edges
+    assert float(same_label_share(adj.bool(), y)) == pytest.approx(2 / 5)
+    heads = torch.stack([adj * 0.3, torch.eye(4) + torch.tensor([[0, 0.5, 0, 0]] * 4)])   # (2, B, B) weights
+    torch.testing.assert_close(same_label_share(heads, y), torch.tensor([2 / 5, 1 / 3]))
 
 
 # ------------------------------------------------------------- SSA, per-head top-K of the logits (default)
