@@ -38,7 +38,7 @@ def naive_knn(xn, k):
     B = xn.shape[0]
     out = []
     for i in range(B):
-        others = sorted((j for j in range(B) if j != i), key=lambda j: (-float(xn[i] @ xn[j]), j))
+        others = sorted((j for j in range(B) if j != i), key=lambda j: (-float((xn[i] @ xn[j]).detach()), j))
         out.append(sorted([i] + others[: max(0, min(k, B) - 1)]))
     return out
 
