@@ -2,6 +2,10 @@
 
 docs/method.md, "BGFormer". Adjacencies are boolean (B, B) matrices, row i listing the
 samples node i may draw from; every node is its own neighbour.
+
+The fixed feature-kNN graph here serves BGFormer's ``graph="features"`` option and the
+``visual="minmax"`` variant; the default attention chooses its graph per head from its own
+attention logits instead (``bgtutorial.bgformer.topk_attention_weights``).
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-__all__ = ["visual_graph", "semantic_graph", "normalize_adjacency", "BatchGraph"]
+__all__ = ["visual_graph", "semantic_graph", "normalize_adjacency", "same_label_share", "BatchGraph"]
 
 
 @torch.no_grad()
@@ -50,7 +54,12 @@ def semantic_graph(y: torch.Tensor, require_positive: bool = False) -> torch.Ten
 
 
 def normalize_adjacency(a: torch.Tensor, add_self_loops: bool = True) -> torch.Tensor:
-    """Symmetric normalisation ``D^-1/2 (A + I) D^-1/2`` with D the row sums of ``A + I`` (float (B, B))."""
+    """Symmetric normalisation ``D^-1/2 (A + I) D^-1/2`` with D the row sums of ``A + I``: (B, B) -> float (B, B).
+
+    Entry by entry ``Â[i, j] = (A + I)[i, j] / sqrt(d_i d_j)``; symmetric whenever A is. The label
+    graph's diagonal is already 1, so its self-loops weigh 2, as in the authors' label path
+    (``adj + eye`` then ``adj_normalization``). ``add_self_loops=False`` normalises A itself.
+    """
     a = a.float()
     if add_self_loops:
         a = a + torch.eye(a.shape[0], device=a.device)
@@ -58,21 +67,39 @@ def normalize_adjacency(a: torch.Tensor, add_self_loops: bool = True) -> torch.T
     return rearrange(d, "i -> i 1") * a * rearrange(d, "j -> 1 j")
 
 
+def same_label_share(adj: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of a graph's edges, self-loops left out, that join two samples with the same label.
+
+    ``adj`` (..., B, B), any non-zero entry being an edge (a bool adjacency or attention weights,
+    e.g. one matrix per head), labels ``y`` (B,) -> shares (...,). A graph without edges gives NaN.
+    """
+    edge = (adj != 0) & ~torch.eye(y.shape[0], dtype=torch.bool, device=adj.device)
+    same = rearrange(y, "i -> i 1") == rearrange(y, "j -> 1 j")            # (B, B)
+    return (edge & same).sum((-2, -1)) / edge.sum((-2, -1))
+
+
 @dataclass
 class BatchGraph:
-    """The two graphs of one batch: ``visual`` (B, B) bool, ``semantic`` (B, B) bool or None
-    (no labels), ``semantic_norm`` its normalised float version (or None)."""
-    visual: torch.Tensor
+    """The two graphs of one batch: ``visual`` (B, B) bool or None (when the attention picks its
+    own graph from its logits), ``semantic`` (B, B) bool or None (no labels), ``semantic_norm``
+    its normalised float version (or None)."""
+    visual: torch.Tensor | None
     semantic: torch.Tensor | None = None
     semantic_norm: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, x: torch.Tensor, y: torch.Tensor | None, k: int, require_positive: bool = False) -> "BatchGraph":
-        """Visual kNN graph of features ``x`` (B, D) and, when labels are given, the label graph."""
+    def build(cls, x: torch.Tensor | None, y: torch.Tensor | None, k: int,
+              require_positive: bool = False) -> "BatchGraph":
+        """Visual kNN graph of features ``x`` (B, D) (none when ``x`` is None) and, when labels
+        (B,) are given, the label graph."""
         sem = semantic_graph(y, require_positive) if y is not None else None
-        return cls(visual_graph(x, k), sem, normalize_adjacency(sem) if sem is not None else None)
+        vis = visual_graph(x, k) if x is not None else None
+        return cls(vis, sem, normalize_adjacency(sem) if sem is not None else None)
 
     @property
     def density(self) -> float:
-        """Share of the B² visual edges kept."""
+        """Share of the B² visual edges kept (edges over B², whatever the row counts)."""
+        if self.visual is None:
+            raise ValueError("this BatchGraph has no fixed visual graph (the attention chooses it per head "
+                             "from its logits); build it with features x to get one")
         return float(self.visual.float().mean())

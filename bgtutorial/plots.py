@@ -12,7 +12,7 @@ from einops import rearrange
 from .data.cub import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["to_display", "image_grid", "class_balance", "plot_history", "compare_histories",
-           "retrieval_gallery", "embedding_projection", "attention_heatmap"]
+           "retrieval_gallery", "embedding_projection", "attention_heatmap", "head_graphs"]
 
 
 def to_display(img: torch.Tensor) -> np.ndarray:
@@ -145,4 +145,61 @@ def attention_heatmap(weights: torch.Tensor, labels: torch.Tensor | None = None,
     ax.set_xlabel("key sample")
     ax.set_ylabel("query sample")
     fig.tight_layout()
+    return fig
+
+
+def _class_axes(ax: plt.Axes, labels: np.ndarray) -> None:
+    """Class boundaries as lines and class ids at the block centres, for a matrix sorted by label."""
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])        # first index of each class
+    ends = np.r_[starts[1:], len(labels)]
+    for b in starts[1:]:
+        ax.axhline(b - 0.5, color="tab:red", lw=0.8)
+        ax.axvline(b - 0.5, color="tab:red", lw=0.8)
+    if len(starts) <= 20:
+        centres = (starts + ends - 1) / 2
+        ax.set_xticks(centres, [str(int(labels[s])) for s in starts], fontsize=7)
+        ax.set_yticks(centres, [str(int(labels[s])) for s in starts], fontsize=7)
+    else:
+        ax.set_xticks([]), ax.set_yticks([])
+
+
+def head_graphs(attention: torch.Tensor, knn: torch.Tensor, labels: torch.Tensor, max_heads: int = 4,
+                title: str = "") -> plt.Figure:
+    """BGFormer's per-head graphs beside a fixed feature-kNN graph, samples sorted by class.
+
+    ``attention`` (H, B, B): one block's attention weights (``BGFormer(..., return_attention=True)``),
+    exactly 0 off each head's top-K; ``knn`` (B, B) bool: e.g. ``visual_graph(LN(x), k)``;
+    ``labels`` (B,). First panel: the kNN graph (black = edge); then the first ``max_heads``
+    heads, each edge coloured by its weight, non-edges white. Red lines separate the classes
+    and each panel's title gives the share of its edges (self-loops left out) that join two
+    samples of the same class. Rows are queries i, columns keys j.
+    """
+    from .graph import same_label_share
+
+    y = torch.as_tensor(labels).cpu()
+    order = torch.argsort(y, stable=True)
+    att = attention.detach().float().cpu()[:, order][:, :, order]          # (H, B, B), sorted by class
+    adj = knn.detach().cpu()[order][:, order]                                # (B, B)
+    ys = y[order]
+    heads = min(max_heads, att.shape[0])
+    fig, axes = plt.subplots(1, heads + 1, figsize=(2.6 * (heads + 1) + 0.8, 3.2), squeeze=False,
+                             layout="constrained")
+    axes = axes[0]
+    axes[0].imshow(adj.float().numpy(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    axes[0].set_title(f"feature kNN, k={int(adj.sum(1).max())}\n"
+                      f"{float(same_label_share(adj, ys)):.0%} same-class edges", fontsize=8)
+    vmax = float(att[:heads].max())
+    for h in range(heads):
+        w = np.ma.masked_equal(att[h].numpy(), 0.0)
+        im = axes[h + 1].imshow(w, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        kept = int((att[h] != 0).sum(1).max())
+        axes[h + 1].set_title(f"head {h}: top-{kept} of its logits\n"
+                              f"{float(same_label_share(att[h], ys)):.0%} same-class edges", fontsize=8)
+    for ax in axes:
+        _class_axes(ax, ys.numpy())
+        ax.set_xlabel("key sample j (class)", fontsize=8)
+    axes[0].set_ylabel("query sample i (class)", fontsize=8)
+    fig.colorbar(im, ax=list(axes[1:]), shrink=0.85, label="attention weight")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig

@@ -38,9 +38,32 @@ def naive_knn(xn, k):
     B = xn.shape[0]
     out = []
     for i in range(B):
-        others = sorted((j for j in range(B) if j != i), key=lambda j: (-float(xn[i] @ xn[j]), j))
+        others = sorted((j for j in range(B) if j != i), key=lambda j: (-float((xn[i] @ xn[j]).detach()), j))
         out.append(sorted([i] + others[: max(0, min(k, B) - 1)]))
     return out
+
+
+def naive_topk_mha_rows(q, k, v, num_heads, top_k):
+    """The authors' top-K attention, one head and one query at a time: (B, D) each -> (B, D), (H, B, B).
+
+    Query i of head h scores every key j, keeps the ``min(top_k, B)`` largest scores (ties: the
+    lower j), and takes the softmax over those only; itself is not forced in. Differentiable.
+    """
+    B, D = q.shape
+    d = D // num_heads
+    rows, weights = [], torch.zeros(num_heads, B, B, dtype=q.dtype)
+    for i in range(B):
+        heads = []
+        for h in range(num_heads):
+            sl = slice(h * d, (h + 1) * d)
+            scores = [q[i, sl] @ k[j, sl] / math.sqrt(d) for j in range(B)]
+            keep = sorted(range(B), key=lambda j: (-float(scores[j].detach()), j))[: min(top_k, B)]
+            w = torch.softmax(torch.stack([scores[j] for j in keep]), 0)
+            heads.append(sum(w[n] * v[j, sl] for n, j in enumerate(keep)))
+            for n, j in enumerate(keep):
+                weights[h, i, j] = w[n].detach()
+        rows.append(torch.cat(heads))
+    return torch.stack(rows), weights
 
 
 def naive_normalized_label_graph(y):
@@ -51,21 +74,64 @@ def naive_normalized_label_graph(y):
     return torch.tensor([[a[i][j] / math.sqrt(deg[i] * deg[j]) for j in range(B)] for i in range(B)])
 
 
+def naive_layer_norm(x, weight, bias, eps=1e-5):
+    """LayerNorm from its formula, row by row: (x - mean) / sqrt(biased var + eps) * weight + bias."""
+    rows = []
+    for r in x:
+        mean = sum(r) / len(r)
+        var = sum((r - mean) ** 2) / len(r)
+        rows.append((r - mean) / torch.sqrt(var + eps) * weight + bias)
+    return torch.stack(rows)
+
+
+def naive_linear(x, layer):
+    """x Wᵀ + b from a linear layer's parameters (its forward is not called)."""
+    out = x @ layer.weight.T
+    return out + layer.bias if layer.bias is not None else out
+
+
+def naive_gelu(x):
+    """GELU from its definition, x·Φ(x) with Φ the standard normal CDF."""
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def naive_minmax(xn, nbrs):
+    """The min-max visual path: row i sums its neighbours' features, weighted by their similarity
+    to i rescaled to [0, 1] over the row's neighbours (all 1 when they are equal)."""
+    B, D = xn.shape
+    out = []
+    for i in range(B):
+        s = torch.stack([xn[i] @ xn[j] for j in nbrs[i]])
+        w = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else torch.ones_like(s)
+        out.append(sum(w[n] * xn[j] for n, j in enumerate(nbrs[i])))
+    return torch.stack(out)
+
+
 def naive_bgformer_block(block, x, y):
-    """One BGFormer block (eval mode, visual="attention") with loops."""
+    """One BGFormer block (eval mode) with loops and formulas; the block's parameters are read, its
+    sub-layers are never called, so a change to any of them shows."""
     B, D = x.shape
-    xn = block.norm(x)
-    nbrs = naive_knn(xn, block.k)
-    W, b = block.visual.qkv.weight, block.visual.qkv.bias
-    q, k, v = (xn @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
-    vis = naive_mha_rows(q, k, v, block.visual.num_heads, lambda i: nbrs[i])
-    out = x + block.lam * block.proj_visual(vis)
+    xn = naive_layer_norm(x, block.norm.weight, block.norm.bias, block.norm.eps)
+    if block.graph_kind == "features":
+        nbrs = naive_knn(xn, block.k)
+    if hasattr(block.visual, "qkv"):
+        W, b = block.visual.qkv.weight, block.visual.qkv.bias
+        q, k, v = (xn @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
+        if block.graph_kind == "logits":
+            vis = naive_topk_mha_rows(q, k, v, block.visual.num_heads, block.k)[0]
+        else:
+            vis = naive_mha_rows(q, k, v, block.visual.num_heads, lambda i: nbrs[i])
+    else:
+        vis = naive_minmax(xn, nbrs)
+    out = x + block.lam * naive_linear(vis, block.proj_visual[0])
     if block.lam < 1:
         a = naive_normalized_label_graph(y.tolist())
-        xw = block.semantic.weight(xn)
+        xw = xn @ block.semantic.weight.weight.T
         sem = torch.stack([sum(a[i, j] * xw[j] for j in range(B)) for i in range(B)])
-        out = out + (1 - block.lam) * block.proj_semantic(sem)
-    return out + block.ffn(out)
+        out = out + (1 - block.lam) * naive_linear(sem, block.proj_semantic[0])
+    ln, fc1, fc2 = block.ffn[0], block.ffn[1], block.ffn[4]        # FFN = W2·GELU(W1·LN(x) + b1) + b2
+    hidden = naive_gelu(naive_linear(naive_layer_norm(out, ln.weight, ln.bias, ln.eps), fc1))
+    return out + naive_linear(hidden, fc2)
 
 
 def naive_bgformer(module, x, y):

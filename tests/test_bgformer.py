@@ -1,11 +1,15 @@
 """Batch graph and BGFormer against loop references, and their properties."""
+import math
+
 import pytest
 import torch
+from einops import einsum, rearrange
 
 from bgtutorial import RetrievalNet
-from bgtutorial.bgformer import BGFormer, BGFormerBlock, StructureConstrainedAttention
-from bgtutorial.graph import BatchGraph, normalize_adjacency, semantic_graph, visual_graph
-from naive import naive_bgformer, naive_knn, naive_mha_rows, naive_normalized_label_graph
+from bgtutorial.bgformer import BGFormer, BGFormerBlock, StructureConstrainedAttention, topk_attention_weights
+from bgtutorial.graph import BatchGraph, normalize_adjacency, same_label_share, semantic_graph, visual_graph
+from naive import (naive_bgformer, naive_knn, naive_layer_norm, naive_minmax, naive_mha_rows,
+                   naive_normalized_label_graph, naive_topk_mha_rows)
 
 D, H = 16, 4
 
@@ -42,6 +46,25 @@ def test_semantic_graph_and_normalisation(xy):
     assert a[11, 11] == pytest.approx(1.0)     # a class with one sample: propagation keeps the node itself
 
 
+def test_normalize_adjacency_with_unequal_degrees():
+    """Label graphs of m-per-class batches give equal degrees within a class, where D^-1/2 A D^-1/2
+    and D^-1 A agree; a star with a tail does not: check each entry against the formula."""
+    edges = [(0, 1), (0, 2), (0, 3), (3, 4)]
+    a = torch.zeros(5, 5, dtype=torch.bool)
+    for i, j in edges:
+        a[i, j] = a[j, i] = True
+    for loops in (True, False):
+        m = [[float(a[i, j]) + float(loops and i == j) for j in range(5)] for i in range(5)]
+        deg = [sum(row) for row in m]
+        assert len(set(deg)) > 1
+        ref = torch.tensor([[m[i][j] / math.sqrt(deg[i] * deg[j]) for j in range(5)] for i in range(5)])
+        got = normalize_adjacency(a, add_self_loops=loops)
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(got, got.T)
+        # sqrt(deg) is the eigenvector of eigenvalue 1 of the symmetric normalisation
+        torch.testing.assert_close(got @ torch.tensor(deg).sqrt(), torch.tensor(deg).sqrt())
+
+
 def test_batch_without_positive_pair():
     y = torch.arange(5)
     assert torch.equal(semantic_graph(y), torch.eye(5, dtype=torch.bool))
@@ -57,19 +80,149 @@ def test_batch_without_positive_pair():
 def test_batch_graph_container(xy):
     x, y = xy
     g = BatchGraph.build(x, y, k=4)
-    assert g.density == pytest.approx(4 / 12)
+    assert torch.equal(g.visual, visual_graph(x, 4)) and torch.equal(g.semantic, semantic_graph(y))
+    torch.testing.assert_close(g.semantic_norm, naive_normalized_label_graph(y.tolist()))
     assert BatchGraph.build(x, None, k=4).semantic is None
+    assert BatchGraph.build(None, y, k=4).visual is None
+    with pytest.raises(ValueError, match="no fixed visual graph"):
+        BatchGraph.build(None, y, k=4).density
 
 
-# -------------------------------------------------------------------------------------- SSA
-def test_ssa_matches_loops(xy):
+def test_density_counts_edges_over_b_squared():
+    # rows with 1, 2, 3 and 4 edges: 10 of 16 pairs, a share no single row has
+    adj = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    assert BatchGraph(adj).density == pytest.approx(10 / 16)
+
+
+def test_same_label_share():
+    y = torch.tensor([0, 0, 1, 1])
+    adj = torch.tensor([[1, 1, 1, 0],        # self left out: 1 same-class edge (0-1), 1 other (0-2)
+                        [0, 1, 0, 0],        # only itself: no edge
+                        [0, 0, 0, 1],        # same class
+                        [1, 1, 0, 0]])       # two other-class edges
+    assert float(same_label_share(adj.bool(), y)) == pytest.approx(2 / 5)
+    heads = torch.stack([adj * 0.3, torch.eye(4) + torch.tensor([[0, 0.5, 0, 0]] * 4)])   # (2, B, B) weights
+    torch.testing.assert_close(same_label_share(heads, y), torch.tensor([2 / 5, 1 / 3]))
+
+
+# ------------------------------------------------------------- SSA, per-head top-K of the logits (default)
+def test_topk_keeps_exactly_k_weights_per_row_and_head(xy):
+    x, _ = xy
+    ssa = StructureConstrainedAttention(D, H, k=3).eval()
+    for k in (1, 3, 5, 12, 40):
+        ssa.k = k
+        with torch.no_grad():
+            _, w = ssa(x, return_attention=True)                     # (H, B, B)
+        assert w.shape == (H, 12, 12)
+        assert ((w != 0).sum(-1) == min(k, 12)).all()
+        torch.testing.assert_close(w.sum(-1), torch.ones(H, 12))
+    ssa.k = 3
+    with torch.no_grad():
+        kept = ssa(x, return_attention=True)[1] != 0
+    assert not kept.diagonal(dim1=1, dim2=2).all()                   # self is not forced in
+    assert any(not torch.equal(kept[0], kept[h]) for h in range(1, H))   # each head picks its own graph
+
+
+def test_topk_attention_matches_brute_force(xy):
+    x, _ = xy
+    for k in (1, 3, 7):
+        ssa = StructureConstrainedAttention(D, H, k=k).eval()
+        W, b = ssa.qkv.weight, ssa.qkv.bias
+        q, key, v = (x @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
+        ref, ref_w = naive_topk_mha_rows(q, key, v, H, k)
+        with torch.no_grad():
+            out, w = ssa(x, return_attention=True)
+        torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(w, ref_w, rtol=1e-5, atol=1e-6)
+
+
+def _heads_attention(q, key, v, k):
+    """(B, D) q, k, v -> (B, D) through topk_attention_weights, heads split with einops."""
+    qh, kh, vh = (rearrange(t, "b (h d) -> h b d", h=H) for t in (q, key, v))
+    w = topk_attention_weights(einsum(qh, kh, "h i d, h j d -> h i j") * (D // H) ** -0.5, k)
+    return rearrange(einsum(w, vh, "h i j, h j d -> h i d"), "h b d -> b (h d)"), w
+
+
+def test_gradients_reach_q_and_k_through_the_kept_logits_only(xy):
+    x, _ = xy
+    g = torch.Generator().manual_seed(2)
+    q, key, v = (torch.randn(12, D, generator=g).requires_grad_(True) for _ in range(3))
+    r = torch.randn(12, D, generator=g)
+    out, w = _heads_attention(q, key, v, 3)
+    (out * r).sum().backward()
+    grads = [t.grad.clone() for t in (q, key, v)]
+    for t in (q, key, v):
+        t.grad = None
+    (naive_topk_mha_rows(q, key, v, H, 3)[0] * r).sum().backward()
+    for got, t in zip(grads, (q, key, v)):
+        torch.testing.assert_close(got, t.grad, rtol=1e-4, atol=1e-6)
+    assert (grads[0] != 0).all()                                      # every query learns from its kept logits
+    d = D // H
+    picked = (w != 0).any(1)                                          # (H, B): key j kept by some query of head h
+    assert (~picked).any() and picked.any()
+    for h in range(H):
+        for j in range(12):
+            kg = grads[1][j, h * d:(h + 1) * d]
+            assert (kg.abs().sum() > 0) == bool(picked[h, j]), (h, j)   # unkept keys get no gradient
+
+    logits = torch.randn(H, 12, 12, generator=g, requires_grad=True)
+    wl = topk_attention_weights(logits, 4)
+    (wl * torch.randn(H, 12, 12, generator=g)).sum().backward()
+    assert (logits.grad[wl == 0] == 0).all() and (logits.grad[wl != 0] != 0).all()
+
+
+def test_topk_ties_go_to_the_lower_index():
+    logits = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0, 2.0],
+                           [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]])
+    w = topk_attention_weights(logits, 2)
+    assert torch.nonzero(w[0]).flatten().tolist() == [1, 2]
+    assert torch.nonzero(w[1]).flatten().tolist() == [0, 1]
+    torch.testing.assert_close(w[1, :2], torch.tensor([0.5, 0.5]))
+    big = torch.zeros(3, 64, 64)                                      # a whole row of ties, any kernel size
+    assert torch.equal(torch.nonzero(topk_attention_weights(big, 5)[2, 7]).flatten(), torch.arange(5))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        topk_attention_weights(logits, 0)
+
+
+def test_topk_dropout_only_drops_kept_weights():
+    logits = torch.randn(4, 12, 12, generator=torch.Generator().manual_seed(3))
+    ref = topk_attention_weights(logits, 5)
+    torch.manual_seed(0)
+    w = topk_attention_weights(logits, 5, dropout_p=0.5, training=True)
+    assert ((w != 0) <= (ref != 0)).all() and (w == 0).sum() > (ref == 0).sum()
+    torch.testing.assert_close(w[w != 0], ref[w != 0] / 0.5)
+    assert torch.equal(topk_attention_weights(logits, 5, dropout_p=0.5, training=False), ref)
+
+
+@pytest.mark.parametrize("k", [12, 50])
+def test_k_at_least_batch_equals_plain_multi_head_attention(xy, k):
+    x, _ = xy
+    ssa = StructureConstrainedAttention(D, H, k=k).eval()
+    mha = torch.nn.MultiheadAttention(D, H, bias=True, batch_first=True).eval()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(ssa.qkv.weight)
+        mha.in_proj_bias.copy_(ssa.qkv.bias)
+        mha.out_proj.weight.copy_(torch.eye(D))
+        mha.out_proj.bias.zero_()
+        ref, ref_w = mha(x[None], x[None], x[None], need_weights=True, average_attn_weights=False)
+        out, w = ssa(x, return_attention=True)
+        torch.testing.assert_close(out, ref[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(w, ref_w[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ssa(x, visual_graph(x, 50)), ref[0], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------- SSA on a fixed feature-kNN graph (option)
+def test_feature_graph_attention_matches_loops(xy):
     x, _ = xy
     ssa = StructureConstrainedAttention(D, H).eval()
     adj = visual_graph(x, 4)
-    q, k, v = ssa.qkv(x).split(D, dim=1)
+    W, b = ssa.qkv.weight, ssa.qkv.bias
+    q, k, v = (x @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
     ref = naive_mha_rows(q, k, v, H, lambda i: torch.nonzero(adj[i]).flatten().tolist())
     with torch.no_grad():
-        torch.testing.assert_close(ssa(x, adj), ref.detach(), rtol=1e-5, atol=1e-5)
+        out, w = ssa(x, adj, return_attention=True)
+        torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-5)
+        assert torch.equal(w != 0, rearrange(adj, "i j -> 1 i j").expand(H, -1, -1))   # same graph in every head
 
 
 def test_non_neighbours_have_exactly_zero_influence(xy):
@@ -85,32 +238,64 @@ def test_non_neighbours_have_exactly_zero_influence(xy):
         assert not torch.equal(ssa(x, adj)[outsider], ssa(x2, adj)[outsider])
 
 
-def test_full_graph_equals_ordinary_attention(xy):
-    x, _ = xy
-    ssa = StructureConstrainedAttention(D, H).eval()
-    mha = torch.nn.MultiheadAttention(D, H, bias=True, batch_first=True).eval()
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(ssa.qkv.weight)
-        mha.in_proj_bias.copy_(ssa.qkv.bias)
-        mha.out_proj.weight.copy_(torch.eye(D))
-        mha.out_proj.bias.zero_()
-        ref = mha(x[None], x[None], x[None], need_weights=False)[0][0]
-        torch.testing.assert_close(ssa(x, visual_graph(x, 50)), ref, rtol=1e-5, atol=1e-5)
-
-
 # ------------------------------------------------------------------------------------ block
+@pytest.mark.parametrize("graph", ["logits", "features"])
 @pytest.mark.parametrize("lam,depth", [(0.5, 1), (0.2, 2), (1.0, 1), (0.0, 1)])
-def test_bgformer_matches_loops(xy, lam, depth):
+def test_bgformer_matches_loops(xy, lam, depth, graph):
     x, y = xy
     torch.manual_seed(0)
-    m = BGFormer(D, H, depth=depth, k=5, lam=lam).eval()
+    m = BGFormer(D, H, depth=depth, k=5, lam=lam, graph=graph).eval()
     with torch.no_grad():
+        for blk in m.blocks:                 # non-trivial LayerNorm affines, so a skipped LN would show
+            for ln in (blk.norm, blk.ffn[0]):
+                ln.weight.uniform_(0.5, 1.5), ln.bias.uniform_(-0.5, 0.5)
         torch.testing.assert_close(m(x, y), naive_bgformer(m, x, y), rtol=1e-4, atol=1e-5)
 
 
-def test_block_permutation_equivariance(xy):
+def test_default_graph_is_the_per_head_logits_graph():
+    assert BGFormer(D, H).blocks[0].graph_kind == "logits"
+    assert BGFormer(D, H, visual="minmax").blocks[0].graph_kind == "features"
+    assert BGFormer(D, H, graph="features").blocks[0].graph_kind == "features"
+
+
+def test_ffn_is_pre_norm(xy):
+    """With both graph paths switched off (λ = 1, P_v = 0) the block is x + MLP(LN(x)): its residual
+    ignores any per-sample shift and positive scale of x, which only a LayerNorm in front gives."""
+    x, _ = xy
+    blk = BGFormerBlock(D, H, lam=1.0).eval()
+    with torch.no_grad():
+        blk.proj_visual[0].weight.zero_(), blk.proj_visual[0].bias.zero_()
+        moved = 3.0 * x + torch.randn(12, 1)
+        torch.testing.assert_close(blk(moved) - moved, blk(x) - x, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(blk(x) - x, torch.zeros(12, D))
+
+
+def test_dybgr_cub_setting(xy):
+    """The follow-up's CUB command: K = 30, λ = 0.3, depth 2, dropout 0 (batch of 405 = 45 × 9 there)."""
+    m = BGFormer(D, H, k=30, lam=0.3, depth=2, dropout=0.0).train()
+    y = torch.arange(45).repeat_interleave(9)[:90]
+    x = torch.randn(90, D)
+    out, maps = m(x, y, return_attention=True)
+    assert out.shape == (90, D) and len(maps) == 2
+    assert all(((w != 0).sum(-1) == 30).all() for w in maps)
+    small_x, small_y = xy                                            # B = 12 < K: every key kept
+    assert ((m(small_x, small_y, return_attention=True)[1][0] != 0).sum(-1) == 12).all()
+
+
+def test_return_attention(xy):
     x, y = xy
-    m = BGFormer(D, H, k=5, depth=2).eval()
+    m = BGFormer(D, H, k=4, depth=2).eval()
+    with torch.no_grad():
+        out, maps = m(x, y, return_attention=True)
+        assert torch.equal(out, m(x, y)) and [w.shape for w in maps] == [(H, 12, 12)] * 2
+        _, mm = BGFormer(D, H, k=4, visual="minmax").eval()(x, y, return_attention=True)
+    assert mm[0].shape == (1, 12, 12) and ((mm[0] != 0).sum(-1) <= 4).all()
+
+
+@pytest.mark.parametrize("graph", ["logits", "features"])
+def test_block_permutation_equivariance(xy, graph):
+    x, y = xy
+    m = BGFormer(D, H, k=5, depth=2, graph=graph).eval()
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(m(x[perm], y[perm]), m(x, y)[perm], rtol=1e-5, atol=1e-5)
@@ -138,18 +323,16 @@ def test_minmax_variant(xy):
     x, y = xy
     m = BGFormer(D, H, k=4, visual="minmax").eval()
     blk = m.blocks[0]
-    xn = blk.norm(x)
-    adj = visual_graph(xn, 4)
-    sim = xn @ xn.T
-    ref = torch.zeros(12, D)
-    for i in range(12):
-        js = torch.nonzero(adj[i]).flatten().tolist()
-        s = torch.stack([sim[i, j] for j in js])
-        w = (s - s.min()) / (s.max() - s.min())
-        ref[i] = sum(w[n] * xn[j] for n, j in enumerate(js))
     with torch.no_grad():
-        torch.testing.assert_close(blk.visual(xn, adj), ref, rtol=1e-5, atol=1e-5)
-        assert m(x, y).shape == (12, D)
+        blk.norm.weight.uniform_(0.5, 1.5), blk.norm.bias.uniform_(-0.5, 0.5)
+        xn = naive_layer_norm(x, blk.norm.weight, blk.norm.bias)
+        adj = torch.zeros(12, 12, dtype=torch.bool)
+        for i, js in enumerate(naive_knn(xn, 4)):
+            adj[i, js] = True
+        torch.testing.assert_close(blk.visual(xn, adj), naive_minmax(xn, naive_knn(xn, 4)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x, y), naive_bgformer(m, x, y), rtol=1e-4, atol=1e-5)
+        flat = torch.ones(3, D)                                      # all kept scores equal: weight 1 each
+        torch.testing.assert_close(blk.visual(flat, torch.ones(3, 3, dtype=torch.bool)), 3 * flat)
 
 
 def test_augment_contract(xy):
@@ -163,21 +346,23 @@ def test_augment_contract(xy):
     assert xe is x and ye is y
 
 
-def test_gradients_reach_every_parameter(xy):
+@pytest.mark.parametrize("graph", ["logits", "features"])
+def test_gradients_reach_every_parameter(xy, graph):
     x, y = xy
     x = x.clone().requires_grad_(True)
-    m = BGFormer(D, H, k=5, depth=2).train()
+    m = BGFormer(D, H, k=5, depth=2, graph=graph).train()
     (m(x, y) * torch.randn(12, D)).sum().backward()
     assert x.grad.abs().sum() > 0
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("graph", ["logits", "features"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dtypes_on_cpu(xy, dtype):
+def test_dtypes_on_cpu(xy, dtype, graph):
     x, y = xy
-    m = BGFormer(D, H, k=5).eval().to(dtype)
-    ref = BGFormer(D, H, k=5).eval()
+    m = BGFormer(D, H, k=5, graph=graph).eval().to(dtype)
+    ref = BGFormer(D, H, k=5, graph=graph).eval()
     ref.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
     with torch.no_grad():
         out = m(x.to(dtype), y)
@@ -191,6 +376,12 @@ def test_bad_options():
         BGFormerBlock(D, H, lam=1.5)
     with pytest.raises(ValueError, match="visual"):
         BGFormerBlock(D, H, visual="gcn")
+    with pytest.raises(ValueError, match="graph must be"):
+        BGFormerBlock(D, H, graph="labels")
+    with pytest.raises(ValueError, match="minmax.*graph='features'"):
+        BGFormer(D, H, visual="minmax", graph="logits")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        StructureConstrainedAttention(D, H, k=0)
     with pytest.raises(ValueError, match="built for feature width 16"):
         BGFormer(D, H)(torch.randn(4, 8), torch.arange(4))
     with pytest.raises(ValueError, match=r"labels of shape \(B,\) = \(4,\), got \(4, 1\)"):
