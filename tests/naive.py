@@ -29,8 +29,10 @@ def naive_batchformer_layer(layer, x):
     W, b = layer.qkv.weight, layer.qkv.bias
     q, k, v = (x @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
     att = naive_mha_rows(q, k, v, layer.num_heads, lambda i: list(range(B)))
-    x = layer.norm1(x + layer.proj(att))
-    return layer.norm2(x + layer.ffn2(F.relu(layer.ffn1(x))))
+    ln1, ln2 = layer.norm1, layer.norm2
+    x = naive_layer_norm(x + naive_linear(att, layer.proj), ln1.weight, ln1.bias, ln1.eps)             # post-norm
+    hidden = torch.clamp(naive_linear(x, layer.ffn1), min=0)                                            # ReLU
+    return naive_layer_norm(x + naive_linear(hidden, layer.ffn2), ln2.weight, ln2.bias, ln2.eps)
 
 
 def naive_knn(xn, k):
