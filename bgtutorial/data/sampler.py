@@ -16,7 +16,38 @@ from torch.utils.data import Sampler
 __all__ = ["MPerClassBatchSampler", "RandomBatchSampler"]
 
 
-class MPerClassBatchSampler(Sampler[list[int]]):
+class _ReplayableBatchSampler(Sampler[list[int]]):
+    """What both samplers share: batches are a pure function of ``(seed, epoch)``
+    (:meth:`global_batches`), an epoch can start at any batch, each rank takes its slice."""
+
+    batch_size: int
+    num_batches: int
+    rank: int
+    world_size: int
+
+    def _init_replay(self, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        if batch_size % world_size != 0:
+            raise ValueError(f"batch_size={batch_size} must split evenly over world_size={world_size}")
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch (reshuffles) and the batch to start from (resume mid-epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.batch_size // self.world_size
+        for batch in self.global_batches(self.epoch)[self.start_batch:]:
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start_batch
+
+
+class MPerClassBatchSampler(_ReplayableBatchSampler):
     """Yields lists of dataset indices: ``batch_size // m`` distinct classes, ``m`` samples each.
 
     Args:
@@ -43,17 +74,10 @@ class MPerClassBatchSampler(Sampler[list[int]]):
         if self.classes_per_batch > len(classes):
             raise ValueError(f"a batch of {batch_size} with m={m} needs {self.classes_per_batch} distinct classes "
                              f"but the data has only {len(classes)}; lower batch_size or raise m")
-        if batch_size % world_size != 0:
-            raise ValueError(f"batch_size={batch_size} must split evenly over world_size={world_size}")
-        self.m, self.batch_size, self.seed = m, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        self._init_replay(batch_size, seed, rank, world_size)
+        self.m = m
         self.by_class = [np.flatnonzero(labels == c) for c in classes]
         self.num_batches = num_batches if num_batches is not None else max(1, len(labels) // batch_size)
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Choose the epoch (reshuffles) and the batch to start from (resume mid-epoch)."""
-        self.epoch, self.start_batch = epoch, start_batch
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         """Every global batch of ``epoch`` (a pure function of seed and epoch)."""
@@ -77,16 +101,8 @@ class MPerClassBatchSampler(Sampler[list[int]]):
             batches.append(np.asarray(batch))
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        per_rank = self.batch_size // self.world_size
-        for batch in self.global_batches(self.epoch)[self.start_batch:]:
-            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
 
-    def __len__(self) -> int:
-        return self.num_batches - self.start_batch
-
-
-class RandomBatchSampler(Sampler[list[int]]):
+class RandomBatchSampler(_ReplayableBatchSampler):
     """Yields lists of dataset indices drawn at random without replacement (shuffle + drop_last).
 
     The batches Proxy-Anchor's code trains its baseline with (train.py L141-150, no ``--IPC``):
@@ -100,16 +116,9 @@ class RandomBatchSampler(Sampler[list[int]]):
                  rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1 or batch_size > num_samples:
             raise ValueError(f"batch_size must be in [1, {num_samples}] (the dataset's size), got {batch_size}")
-        if batch_size % world_size != 0:
-            raise ValueError(f"batch_size={batch_size} must split evenly over world_size={world_size}")
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        self._init_replay(batch_size, seed, rank, world_size)
+        self.num_samples = num_samples
         self.num_batches = num_batches if num_batches is not None else num_samples // batch_size
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Choose the epoch (reshuffles) and the batch to start from (resume mid-epoch)."""
-        self.epoch, self.start_batch = epoch, start_batch
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         """Every global batch of ``epoch``: consecutive slices of seeded permutations (a new
@@ -121,11 +130,3 @@ class RandomBatchSampler(Sampler[list[int]]):
             order = rng.permutation(self.num_samples)
             batches += [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(per_pass)]
         return batches[:self.num_batches]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        per_rank = self.batch_size // self.world_size
-        for batch in self.global_batches(self.epoch)[self.start_batch:]:
-            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
-
-    def __len__(self) -> int:
-        return self.num_batches - self.start_batch
