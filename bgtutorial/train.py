@@ -317,7 +317,8 @@ def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
         aug = T.RandomCrop(cfg.image_size, padding=2, padding_mode="edge")
         make = lambda split, transform=None: DigitsRetrieval(split, views=cfg.views, seed=cfg.seed,  # noqa: E731
                                                              canvas=cfg.image_size, transform=transform)
-        train, test, train_eval = make("train", aug), make("test"), make("train")
+        train, test = make("train", aug), make("test")
+        train_eval = make("train") if cfg.val_classes else None      # the training classes, evaluation transform
     else:
         root = Path(cfg.data_root)
         if cfg.dataset == "fake-cub":
