@@ -70,9 +70,10 @@ def plot_history(history: dict, metrics: Sequence[str] = ("R@1", "MAP@R"), label
         axes[0].plot([s["loss"] for s in steps], alpha=0.6, label=label)
     axes[0].set_xlabel("step")
     axes[0].set_title("training loss")
-    epochs = [0] + [e["epoch"] for e in history["epochs"]]
+    evaluated = [e for e in history["epochs"] if metrics[0] in e]      # eval_every > 1 skips some epochs
+    epochs = [0] + [e["epoch"] for e in evaluated]
     for ax, m in zip(axes[1:], metrics):
-        ax.plot(epochs, [history["initial"][m]] + [e[m] for e in history["epochs"]], marker="o", label=label)
+        ax.plot(epochs, [history["initial"][m]] + [e[m] for e in evaluated], marker="o", label=label)
         ax.set_xlabel("epoch")
         ax.set_title(f"test {m} (unseen classes)")
     if label:

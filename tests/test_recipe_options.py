@@ -259,3 +259,13 @@ def test_module_tables_apply_to_their_module_only():
     assert load_config("cub-vits-bgformer", plain_weight=0.5).plain_weight == 0.5   # overrides win
     assert load_config("cub-resnet50-batchformer").module_lr_mult == pytest.approx(0.1)
     assert load_config("cub-resnet50-bgformer").module_lr_mult == 1.0
+
+
+def test_curves_skip_epochs_that_were_not_evaluated():
+    from bgtutorial.plots import plot_history
+
+    h = {"initial": {"R@1": 0.1, "MAP@R": 0.01}, "steps": [{"loss": 1.0}, {"loss": 0.5}],
+         "epochs": [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5, "R@1": 0.4, "MAP@R": 0.1}]}
+    fig = plot_history(h)
+    xs, ys = fig.axes[1].lines[0].get_data()
+    assert list(xs) == [0, 2] and list(ys) == [0.1, 0.4]
