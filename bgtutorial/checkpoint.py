@@ -41,7 +41,7 @@ HISTORY_FILE = "history.json"
 RUN_FILES = (CONFIG_FILE, HISTORY_FILE, "last.pt", "best.pt", "best_val.pt")
 #: config fields that may differ between a run and the config that resumes or loads it: they say
 #: where files live or how fast the run goes, not what it learns. Every other field must match.
-MUTABLE_FIELDS = frozenset({"preset", "out", "data_root", "device", "num_workers", "progress", "eval_batch_size",
+MUTABLE_FIELDS = frozenset({"preset", "out", "data_root", "device", "num_workers", "progress", "eval_batch_size", "eval_every",
                             "ckpt_every"})
 _FORCE_HINT = "pass --force (force=True) to delete it and train again"
 
