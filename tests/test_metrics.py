@@ -141,3 +141,16 @@ def test_shared_neighbours_give_the_same_metrics(data):
     assert map_at_r(x, y, neighbours=nn) == map_at_r(x, y)
     with pytest.raises(ValueError, match="columns"):
         map_at_r(x, y, neighbours=nn[:, :3])
+
+
+def test_knn_equals_the_whole_distance_matrix_formula():
+    # knn's chunks, in-place norms and diagonal mask give bit for bit the indices of the plain
+    # formula |q|² - 2 q·x + |x|² on the whole (N, N) matrix, the query masked with +inf
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 32, generator=g)
+    sq = (x * x).sum(1)
+    dist = sq[:, None] - 2 * x @ x.T + sq[None, :]
+    dist.fill_diagonal_(float("inf"))
+    ref = dist.topk(10, dim=1, largest=False).indices
+    for chunk in (64, 300, 1024):
+        assert torch.equal(knn(x, 10, chunk_size=chunk), ref)
