@@ -18,6 +18,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -53,8 +54,9 @@ def machine() -> str:
 
 
 def header(title: str, rounds: int, warmup: int) -> None:
-    """Print the title, the machine, the date, the load average and the timing protocol."""
+    """Print the title, the command, the machine, the date, the load average and the timing protocol."""
     print(title)
+    print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {machine()}")
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}, "
           f"load average at start (1, 5, 15 min): {load_average()}")

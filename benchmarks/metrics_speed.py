@@ -5,11 +5,13 @@ interleaved over several rounds (see ``_common.py``), then where our own time go
     .venv/bin/python benchmarks/metrics_speed.py [--n 12000] [--dim 512] [--rounds 7]
 """
 import argparse
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")    # torch.profiler: no "gpuGetDeviceCount failed" line on CPU
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import header, interleaved, print_table  # noqa: E402
