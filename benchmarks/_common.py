@@ -9,11 +9,17 @@ moves all of them alike instead of flipping a ratio:
    them rather than on whichever ran during that phase;
 3. min / median / max seconds per contender, and the ratio of *medians* to a baseline.
 
-The header records the CPU model, core and thread counts and the load average at the start,
-so a reader can tell a quiet run from a crowded one.
+The header records the command, the CPU model, core and thread counts and the load average at
+the start, so a reader can tell a quiet run from a crowded one.
+
+``--threads`` sets torch's intra-op threads. On a CPU shared with other busy processes, two
+OpenMP threads wait for each other at the end of every parallel operator whenever one of them is
+descheduled: a workload of many small operators (a batch module, a data transform) can then run
+ten times slower than with one thread, and by how much changes from minute to minute.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -46,11 +52,29 @@ def load_average() -> str:
         return "n/a"
 
 
+def threads(n: int) -> str:
+    """``"1 thread"``, ``"2 threads"``."""
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
 def machine() -> str:
     """One line naming the machine the numbers were measured on."""
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return (f"{platform.node()} ({cpu_model()}, {platform.machine()}, {os.cpu_count()} cores{gpu}), "
-            f"torch {torch.__version__} with {torch.get_num_threads()} threads")
+            f"torch {torch.__version__}, {threads(torch.get_num_threads())}")
+
+
+def add_args(parser: argparse.ArgumentParser, rounds: int, warmup: int = 1) -> None:
+    """The options every benchmark shares: ``--rounds``, ``--warmup`` and ``--threads``."""
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds after the warm-up")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed calls of each contender first")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's intra-op threads when ``threads`` > 0 (see the module docstring)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def header(title: str, rounds: int, warmup: int) -> None:

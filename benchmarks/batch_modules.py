@@ -7,8 +7,9 @@ AdamW updates their parameters) is measured by ``step_time.py``.
 
     .venv/bin/python benchmarks/batch_modules.py [--batch 120] [--dim 512] [--rounds 3]
 
-On a 2-core CPU the naive BatchFormer loop alone takes several seconds per call at B=120
-(it grows as B²); ``--batch 60`` keeps a run to a couple of minutes.
+On a CPU shared with other busy processes, run it with ``--threads 1`` (see ``_common.py``):
+with two threads the modules' many small operators can wait on each other ten times longer
+than they compute.
 """
 import argparse
 import sys
@@ -20,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from naive import naive_batchformer_layer, naive_bgformer  # noqa: E402  (loop references shared with the tests)
-from _common import header, interleaved, print_table  # noqa: E402
+from _common import add_args, header, interleaved, print_table, set_threads  # noqa: E402
 
 from bgtutorial import BatchFormer  # noqa: E402
 from bgtutorial.bgformer import BGFormer  # noqa: E402
@@ -44,9 +45,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=120)
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    add_args(p, rounds=3)
     a = p.parse_args()
+    set_threads(a.threads)
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")   # naive.py's float()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

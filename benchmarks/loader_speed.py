@@ -14,7 +14,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import header, interleaved, print_table  # noqa: E402
+from _common import add_args, header, interleaved, print_table, set_threads  # noqa: E402
 
 from bgtutorial.data import CUB200, download_cub, fake_cub_url, make_fake_cub, train_transform  # noqa: E402
 
@@ -31,9 +31,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=600, help="images in the train split")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1, help="passes before timing (they also warm the OS file cache)")
+    add_args(p, rounds=5)
     a = p.parse_args()
+    set_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(1, a.images // 10)
         archive, md5 = make_fake_cub(Path(tmp) / "src", num_classes=20, per_class=per_class, image_sizes=(300, 500))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import header, interleaved, print_table  # noqa: E402
+from _common import add_args, header, interleaved, print_table, set_threads  # noqa: E402
 
 from bgtutorial.losses import MetricLoss  # noqa: E402
 from bgtutorial.models import RetrievalNet  # noqa: E402
@@ -32,10 +32,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--m", type=int, default=4)
     p.add_argument("--image", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    add_args(p, rounds=5)
     p.add_argument("--tail_rounds", type=int, default=30)
     a = p.parse_args()
+    set_threads(a.threads)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     imgs = torch.randn(a.batch, 3, a.image, a.image, device=dev)
