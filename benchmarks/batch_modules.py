@@ -8,8 +8,8 @@ AdamW updates their parameters) is measured by ``step_time.py``.
     .venv/bin/python benchmarks/batch_modules.py [--batch 120] [--dim 512] [--rounds 3]
 
 On a CPU shared with other busy processes, run it with ``--threads 1`` (see ``_common.py``):
-with two threads the modules' many small operators can wait on each other ten times longer
-than they compute.
+with two threads the modules' many small operators can spend longer waiting for each other
+than computing.
 """
 import argparse
 import sys
