@@ -1,12 +1,19 @@
-"""Cost of the batch modules at B=120, D=512 (forward + backward), as ratios measured in one run:
-(i) against a naive implementation with Python loops over samples and heads, and
-(ii) against one ResNet-50 training step on the same batch (224 px), plus the memory each
-keeps for backward (bytes of the tensors autograd saves: device-independent).
+"""Cost of the batch modules at B=120, D=512 (forward + backward) against a naive implementation
+with Python loops over samples and heads, interleaved over several rounds (see ``_common.py``),
+plus the memory each keeps for backward (bytes of the tensors autograd saves: device-independent).
 
-    .venv/bin/python benchmarks/batch_modules.py [--batch 120] [--dim 512] [--image 224]
+The modules' share of a real training step (where they run on ResNet-50's 2048-d features and
+AdamW updates their parameters) is measured by ``step_time.py``.
+
+    .venv/bin/python benchmarks/batch_modules.py [--batch 120] [--dim 512] [--rounds 3]
+
+On a CPU shared with other busy processes, run it with ``--threads 1`` (see ``_common.py``):
+with two threads the modules' many small operators can spend longer waiting for each other
+than computing.
 """
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,11 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from naive import naive_batchformer_layer, naive_bgformer  # noqa: E402  (loop references shared with the tests)
-from _common import best_time, machine  # noqa: E402
+from _common import add_args, header, interleaved, print_table, set_threads  # noqa: E402
 
 from bgtutorial import BatchFormer  # noqa: E402
 from bgtutorial.bgformer import BGFormer  # noqa: E402
-from bgtutorial.models import RetrievalNet  # noqa: E402
 
 
 def saved_bytes(fn) -> int:
@@ -39,44 +45,37 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=120)
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--image", type=int, default=224)
-    p.add_argument("--repeat", type=int, default=3)
+    add_args(p, rounds=3)
     a = p.parse_args()
+    set_threads(a.threads)
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")   # naive.py's float()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    x = torch.randn(a.batch, a.dim, device=dev, requires_grad=True)
-
-    modules = {"BatchFormer (einops + SDPA)": BatchFormer(a.dim, dropout=0.0).to(dev).eval()}
-    naive = {"BatchFormer (einops + SDPA)": lambda m, x: naive_batchformer_layer(m.layers[0], x)}
-    y = torch.arange(a.batch, device=dev) // 4               # m = 4 samples per class
-    modules["BGFormer (graph + layer)"] = BGFormer(a.dim, dropout=0.0).to(dev).eval()
-    naive["BGFormer (graph + layer)"] = lambda m, x: naive_bgformer(m, x.cpu(), y.cpu())
+    x = torch.randn(a.batch, a.dim, device=dev, requires_grad=True)   # (B, D)
+    y = torch.arange(a.batch, device=dev) // 4                        # m = 4 samples per class
+    bf = BatchFormer(a.dim, dropout=0.0).to(dev).eval()
+    bg = BGFormer(a.dim, dropout=0.0).to(dev).eval()
 
     def step(fn):
         def run():
-            out = fn()
-            out.float().sum().backward()
+            fn().float().sum().backward()
         return run
 
-    net = RetrievalNet("resnet50", 512, pretrained=False).to(dev).train()
-    imgs = torch.randn(a.batch, 3, a.image, a.image, device=dev)
-    t_backbone = best_time(step(lambda: net(imgs)), repeat=max(1, a.repeat - 1))
-    mem_backbone = saved_bytes(lambda: net(imgs))
+    BF, BG = "BatchFormer (einops + SDPA)", f"BGFormer (graph + layer, k = {bg.blocks[0].k})"
+    ours = {BF: lambda: bf(x), BG: lambda: bg(x, y)}
+    naive = {BF: lambda: naive_batchformer_layer(bf.layers[0], x),
+             BG: lambda: naive_bgformer(bg, x.cpu(), y.cpu())}
+    contenders = {}
+    for name in ours:
+        contenders[name] = step(ours[name])
+        contenders[f"{name.split()[0]} naive loop"] = step(naive[name])
 
-    print(f"batch modules, B={a.batch}, D={a.dim}, forward+backward; ResNet-50 step at {a.image}px")
-    print(f"machine: {machine()}")
-    print(f"| {'module':28s} | {'ms':>8s} | {'naive loop ms':>13s} | {'speed-up vs naive':>17s} | "
-          f"{'share of ResNet-50 step':>23s} | {'saved for backward':>18s} |")
-    print("|" + "|".join("-" * (w + 2) for w in (28, 8, 13, 17, 23, 18)) + "|")
-    for name, m in modules.items():
-        call = (lambda m=m: m(x, y)) if "BGFormer" in name else (lambda m=m: m(x))
-        t = best_time(step(call), a.repeat)
-        t_naive = best_time(step(lambda m=m, name=name: naive[name](m, x)), repeat=1)
-        mem = saved_bytes(call)
-        print(f"| {name:28s} | {t * 1e3:8.2f} | {t_naive * 1e3:13.1f} | {t_naive / t:16.1f}x | "
-              f"{t / t_backbone:22.2e}x | {mem / 2**20:15.1f} MiB |")
-    print(f"| {'ResNet-50 training step':28s} | {t_backbone * 1e3:8.1f} | {'':13s} | {'':17s} | {1:22.4f}x | "
-          f"{mem_backbone / 2**20:15.1f} MiB |")
+    header(f"batch modules, B={a.batch}, D={a.dim}, forward+backward", a.rounds, a.warmup)
+    t = interleaved(contenders, a.rounds, a.warmup)
+    speed_up = {name: f"{t[f'{name.split()[0]} naive loop'].median / t[name].median:.0f}x" for name in ours}
+    memory = {name: f"{saved_bytes(fn) / 2**20:.1f} MiB" for name, fn in ours.items()}
+    print_table(t, BF, unit="ms", label="module", extra={"naive / ours (medians)": speed_up,
+                                                        "saved for backward": memory})
 
 
 if __name__ == "__main__":

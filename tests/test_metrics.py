@@ -168,3 +168,16 @@ def test_recall_needs_k_of_at_least_one(data, ks):
         retrieval_metrics(x, y, ks=ks, with_nmi=False)
     with pytest.raises(ValueError, match=r"k must be in \[1, N-1\]"):
         knn(x, 0)
+
+
+def test_knn_equals_the_whole_distance_matrix_formula():
+    # knn's chunks, in-place norms and diagonal mask give bit for bit the indices of the plain
+    # formula |q|² - 2 q·x + |x|² on the whole (N, N) matrix, the query masked with +inf
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 32, generator=g)
+    sq = (x * x).sum(1)
+    dist = sq[:, None] - 2 * x @ x.T + sq[None, :]
+    dist.fill_diagonal_(float("inf"))
+    ref = dist.topk(10, dim=1, largest=False).indices
+    for chunk in (64, 300, 1024):
+        assert torch.equal(knn(x, 10, chunk_size=chunk), ref)
