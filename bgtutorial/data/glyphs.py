@@ -15,20 +15,23 @@ Four rules, each a function with a test (``tests/test_data_glyphs.py``):
 * **Coverage** (:func:`glyph_code`): a face has a character when its character map sends the
   character to a real glyph (not the ``.notdef`` box) that leaves ink; the Computer Modern faces
   use TeX's own encoding, so there the glyph is looked up by its name (``Gamma`` sits at 0xA1).
-* **Look-alikes** (:func:`lookalike_matrix`, :func:`dedupe`): characters that look the same
-  (Latin A, Greek Alpha, Cyrillic A; O and 0; l and I; C and c once sizes are normalised) must
-  not become two classes. Two characters are look-alikes when, in some regular or italic face
-  that has both, after stretching one of them by up to ±25 % in width, at most 2 % of either
-  one's ink lies more than 1.5 px from the other's ink, both drawn to fill a 32 px box. The
-  candidates are scanned in script order (Latin first) and a character is kept only when it
-  is no look-alike of one already kept.
+* **Look-alikes** (:func:`lookalike_distances`, :func:`select_classes`): characters that look
+  the same (Latin A, Greek Alpha, Cyrillic A; O and 0; l and I; C and c once sizes are
+  normalised) must not become two classes. In a face, two characters are as far apart as the
+  share of either one's ink lying more than 1.5 px from the other's ink, both drawn to fill a
+  32 px box, one of them stretched in width by up to ±25 % to fit the other best. A pair is one
+  class when that share is at most 3 % in a quarter of the regular and italic faces that have
+  both; the candidates are scanned in script order (Latin first) and the first of a pair kept.
+  A face in which two kept classes still look alike (Cyrillic и is an italic Latin u) is left
+  out for both, so no face draws two classes alike.
 * **Protocol** (:func:`split_classes`): a fixed, seeded half of the classes trains, the other
   half is retrieved, as CUB's 100 + 100; labels are 0..C-1 within each split, the class names
   are the characters themselves.
 * **Rendering and cache** (:func:`render_class`, :func:`build_glyphs`): every image is a pure
   function of (character, seed); the whole set is rendered once (seconds, progress bar) into
-  ``<root>/glyphs-<hash>/``, written atomically, where the hash covers this file's source, the
-  parameters and matplotlib's version: changing the rendering code renders again.
+  ``<root>/glyphs-<hash>/``, written atomically, where the hash covers this module's source as
+  imported, the parameters, matplotlib's version and the font files: changing the rendering
+  code renders again.
 """
 from __future__ import annotations
 
@@ -528,11 +531,15 @@ def _render(crops: Sequence[np.ndarray], n: int, seed: int, canvas: int) -> tupl
 
 
 # ---------------------------------------------------------------------------------------- cache
-def _fingerprint(params: dict) -> str:
-    """Hash of this module's source, the parameters, matplotlib's version and the font files' sizes."""
+_SOURCE = Path(__file__).read_bytes()     # the code this process renders with, read once at import
+
+
+def _fingerprint(params: dict, source: bytes = _SOURCE) -> str:
+    """Hash of the rendering code (this module's source), the parameters, matplotlib's version
+    and the font files' sizes: the name of the cache folder."""
     import matplotlib
 
-    h = hashlib.sha256(Path(__file__).read_bytes())
+    h = hashlib.sha256(source)
     fonts = {f.file: (font_dir() / f.file).stat().st_size for f in FACES}
     h.update(json.dumps({"params": params, "matplotlib": matplotlib.__version__, "fonts": fonts},
                         sort_keys=True).encode())
