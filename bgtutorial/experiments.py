@@ -1,6 +1,6 @@
 """Comparisons the notebooks call: baseline vs BatchFormer vs BGFormer over seeds and label noise.
 
-``python -m bgtutorial.experiments --preset digits --seeds 0 1 2 --noise 0 0.4 [--force]``
+``python -m bgtutorial.experiments --preset glyphs --seeds 0 1 2 --noise 0 0.4 [--force]``
 
 Each run follows "train or load": a finished run's ``history.json`` is read instead of
 training again, so a notebook can re-plot in seconds. A history is returned only for the
@@ -126,7 +126,7 @@ def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bgtutorial.experiments", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="digits")
+    p.add_argument("--preset", default="glyphs")
     p.add_argument("--runs", default="runs/study")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0])

@@ -12,7 +12,7 @@ from einops import rearrange
 from .data.cub import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["to_display", "image_grid", "class_balance", "plot_history", "compare_histories",
-           "retrieval_gallery", "embedding_projection", "attention_heatmap", "head_graphs"]
+           "retrieval_gallery", "embedding_projection", "attention_heatmap", "head_graphs", "class_name"]
 
 
 def to_display(img: torch.Tensor) -> np.ndarray:
@@ -91,28 +91,46 @@ def compare_histories(histories: dict[str, dict], metrics: Sequence[str] = ("R@1
     return fig
 
 
+def class_name(dataset, label: int, width: int = 16) -> str:
+    """A short display name of class ``label``: the dataset's ``classes`` entry when it has one (a
+    character for the glyphs, ``Laysan Albatross`` for CUB's ``002.Laysan_Albatross``), else the number."""
+    names = getattr(dataset, "classes", None)
+    if not names or not 0 <= label < len(names):
+        return str(label)
+    name = str(names[label])
+    if "." in name and name.split(".", 1)[0].isdigit():
+        name = name.split(".", 1)[1]
+    name = name.replace("_", " ")
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
 def retrieval_gallery(dataset, embeddings: torch.Tensor, labels: torch.Tensor, queries: Sequence[int],
                       k: int = 5) -> plt.Figure:
-    """Each query (left, blue) and its k nearest neighbours, green when right, red when wrong."""
+    """Each query (left, blue) and its k nearest neighbours, green when right, red when wrong;
+    titles name the classes (:func:`class_name`)."""
     from .metrics import knn
 
     nn_idx = knn(embeddings, k)
     images, titles, borders = [], [], []
     for q in queries:
         images.append(dataset[q][0])
-        titles.append(f"query {int(labels[q])}")
+        titles.append(f"query {class_name(dataset, int(labels[q]))}")
         borders.append("tab:blue")
         for j in nn_idx[q].tolist():
             images.append(dataset[j][0])
             ok = int(labels[j]) == int(labels[q])
-            titles.append(f"{int(labels[j])}" + (" ✓" if ok else " ✗"))
+            titles.append(class_name(dataset, int(labels[j])) + (" ✓" if ok else " ✗"))
             borders.append("tab:green" if ok else "tab:red")
     return image_grid(images, titles, ncols=k + 1, borders=borders)
 
 
 def embedding_projection(embeddings: torch.Tensor, labels: torch.Tensor, method: str = "pca",
-                         title: str = "") -> plt.Figure:
-    """2-D projection of embeddings coloured by class: PCA (fast) or t-SNE (scikit-learn)."""
+                         title: str = "", names: Sequence[str] | None = None) -> plt.Figure:
+    """2-D projection of embeddings coloured by class: PCA (fast) or t-SNE (scikit-learn).
+
+    ``names[label]`` (e.g. a dataset's ``classes``) labels the legend (10 classes or fewer) or, for
+    more classes, is written at each class's centre, so the glyphs' characters show where they land.
+    """
     x = embeddings.detach().float().cpu()
     if method == "pca":
         x = x - x.mean(0)
@@ -127,8 +145,18 @@ def embedding_projection(embeddings: torch.Tensor, labels: torch.Tensor, method:
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(labels), cmap="tab20", s=6)
     ax.set_title(title or f"test embeddings ({method.upper()})")
     ax.set_xticks([]), ax.set_yticks([])
-    if len(np.unique(np.asarray(labels))) <= 10:
-        ax.legend(*sc.legend_elements(), fontsize=7, loc="best")
+    present = np.unique(np.asarray(labels))
+    if len(present) <= 10:
+        handles, texts = sc.legend_elements()
+        if names is not None:
+            texts = [str(names[int(c)]) for c in present]
+        ax.legend(handles, texts, fontsize=7, loc="best")
+    elif names is not None:
+        y = np.asarray(labels)
+        for c in present:
+            cx, cy = xy[y == c].mean(0)
+            ax.annotate(str(names[int(c)]), (cx, cy), fontsize=8, ha="center", va="center",
+                        bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.6))
     fig.tight_layout()
     return fig
 

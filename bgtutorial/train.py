@@ -1,4 +1,4 @@
-"""Training engine and CLI: ``python -m bgtutorial.train --preset digits [--field value ...] [--resume]``.
+"""Training engine and CLI: ``python -m bgtutorial.train --preset glyphs [--field value ...] [--resume]``.
 
 * Presets live in ``bgtutorial/configs/*.toml`` (with their sources); a preset name may end
   in ``-batchformer`` or ``-bgformer`` to add that batch module; any config field can be
@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_json as _atomic_json
 from .checkpoint import atomic_save as _atomic_save
 from .checkpoint import first_nonfinite, load_checkpoint, prepare_run_dir
-from .data import (CUB200, DigitsRetrieval, MPerClassBatchSampler, download_cub, eval_transform, fake_cub_url,
+from .data import (CUB200, DigitsRetrieval, GlyphsRetrieval, MPerClassBatchSampler, download_cub, eval_transform, fake_cub_url,
                    make_fake_cub, train_transform)
 from .losses import LOSSES, MetricLoss
 from .metrics import retrieval_metrics
@@ -59,7 +59,8 @@ from .utils import CLI_ERRORS, autocast_dtype, bars_disabled, device, seed_every
 __all__ = ["Config", "load_config", "train", "evaluate", "embed_dataset", "build_datasets", "build_model",
            "load_checkpoint", "PRESETS"]
 
-PRESETS = ("digits", "smoke", "cub-resnet50", "cub-vits")
+PRESETS = ("glyphs", "digits", "smoke", "cub-resnet50", "cub-vits")
+DATASETS = ("glyphs", "digits", "fake-cub", "cub")
 MODULES = tuple(BATCH_MODULES)         # "none", "batchformer", "bgformer": listed once, in models.py
 SAMPLERS = ("m_per_class", "random")
 
@@ -67,8 +68,8 @@ SAMPLERS = ("m_per_class", "random")
 @dataclass
 class Config:
     """Every knob of a run. Presets set some fields; the CLI can override any of them."""
-    preset: str = "digits"
-    dataset: str = "digits"            # digits | fake-cub | cub
+    preset: str = "glyphs"
+    dataset: str = "glyphs"            # glyphs | digits | fake-cub | cub
     data_root: str = "data"
     out: str = ""                      # run folder (default runs/<preset>-seed<seed>)
     seed: int = 0
@@ -115,6 +116,9 @@ class Config:
     resize: int = 0                    # CUB evaluation: shorter side before the centre crop (0: image_size·8/7)
     val_classes: int = 0               # >0: hold out that many training classes for model selection
     views: int = 4                     # digits only
+    glyph_classes: int = 0             # glyphs only: 0 = every distinct character (about 200); else an evenly spaced subset
+    glyph_per_class: int = 60          # glyphs only: images per class (CUB-200 has about 59)
+    data_seed: int = 0                 # glyphs only: the renderings' seed, fixed like CUB's photographs (`seed` varies training)
     fake_classes: int = 20             # fake-cub only
     fake_per_class: int = 8
     label_noise: float = 0.0           # share of training labels flipped (robustness study)
@@ -140,8 +144,8 @@ class Config:
             raise ValueError(f"unknown batch_module {self.batch_module!r}; choose one of {', '.join(MODULES)}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if self.dataset not in ("digits", "fake-cub", "cub"):
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose digits, fake-cub or cub")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose cosine, step or constant")
         for f in dataclasses.fields(self):
@@ -175,6 +179,9 @@ class Config:
                              f"(samples per class); try batch_size={max(self.m, self.batch_size // max(self.m, 1) * self.m)}")
         if self.device:
             device(self.device)        # a device that is not there: ValueError with the choices
+        if self.glyph_per_class < 2 or not (self.glyph_classes == 0 or self.glyph_classes >= 4):
+            raise ValueError(f"glyph_per_class must be >= 2 and glyph_classes 0 (all) or >= 4, got "
+                             f"{self.glyph_per_class} and {self.glyph_classes}")
         if not 0.0 <= self.label_noise < 1.0:
             raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")
         return self
@@ -200,7 +207,7 @@ def _preset_file(name: str) -> dict[str, Any]:
     return tomllib.loads(path.read_text())
 
 
-def load_config(preset: str = "digits", **overrides: Any) -> Config:
+def load_config(preset: str = "glyphs", **overrides: Any) -> Config:
     """A validated :class:`Config` from a preset (``"digits-batchformer"`` adds the module) and overrides.
 
     A preset file may hold a table per batch module (``[bgformer]``): its fields apply only when
@@ -312,11 +319,16 @@ def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
     checkpoints and hyper-parameters on classes that are neither trained on nor tested; the
     remaining training labels stay 0..C-n-1, so the proxies need no relabelling.
     """
-    if cfg.dataset == "digits":
+    if cfg.dataset in ("glyphs", "digits"):
         from torchvision import transforms as T
         aug = T.RandomCrop(cfg.image_size, padding=2, padding_mode="edge")
-        make = lambda split, transform=None: DigitsRetrieval(split, views=cfg.views, seed=cfg.seed,  # noqa: E731
-                                                             canvas=cfg.image_size, transform=transform)
+        if cfg.dataset == "glyphs":    # rendered once into <data_root>/glyphs-<hash>/, then loaded from there
+            make = lambda split, transform=None: GlyphsRetrieval(  # noqa: E731
+                split, per_class=cfg.glyph_per_class, seed=cfg.data_seed, canvas=cfg.image_size, transform=transform,
+                num_classes=cfg.glyph_classes or None, root=cfg.data_root, progress=cfg.progress)
+        else:
+            make = lambda split, transform=None: DigitsRetrieval(split, views=cfg.views, seed=cfg.seed,  # noqa: E731
+                                                                 canvas=cfg.image_size, transform=transform)
         train, test = make("train", aug), make("test")
         train_eval = make("train") if cfg.val_classes else None      # the training classes, evaluation transform
     else:
@@ -708,7 +720,7 @@ def _parse_bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bgtutorial.train", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="digits", help=f"one of {', '.join(PRESETS)}, optionally + -batchformer/-bgformer")
+    p.add_argument("--preset", default="glyphs", help=f"one of {', '.join(PRESETS)}, optionally + -batchformer/-bgformer")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt when it exists")
     p.add_argument("--force", action="store_true",
                    help="delete the run files in <out> (config, history, checkpoints) and train from scratch")
