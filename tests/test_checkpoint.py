@@ -187,11 +187,11 @@ def test_experiments_cli_exits_2_on_another_config_and_on_a_broken_history(tmp_p
     folder.mkdir(parents=True)
     (folder / "history.json").write_text(json.dumps({"config": config_dict(old), "initial": None, "epochs": [],
                                                      "steps": []}))
-    assert experiments.main(["--runs", str(runs), "--seeds", "0", "--methods", "baseline", "--epochs", "5"]) == 2
+    assert experiments.main(["--preset", "digits", "--runs", str(runs), "--seeds", "0", "--methods", "baseline", "--epochs", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "epochs: 3 there, 5 asked" in err and "--force" in err
     (folder / "history.json").write_text('{"config": {"lr": 0.1')
-    assert experiments.main(["--runs", str(runs), "--seeds", "0", "--methods", "baseline", "--epochs", "5"]) == 2
+    assert experiments.main(["--preset", "digits", "--runs", str(runs), "--seeds", "0", "--methods", "baseline", "--epochs", "5"]) == 2
     assert "history.json is truncated or not JSON" in capsys.readouterr().err
 
 
