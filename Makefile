@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.installed
 export TQDM_MININTERVAL ?= 2
 
-.PHONY: setup demo test test-unit test-notebooks lab bench gpu-check clean strip
+.PHONY: setup demo test test-unit test-notebooks lab bench gpu-check clean strip notebooks check-notebooks
 
 setup: $(STAMP)
 
@@ -40,6 +40,14 @@ gpu-check: $(STAMP)
 	mkdir -p runs
 	$(PY) -m bgtutorial.gpucheck --out runs/gpu-check.json
 	$(MAKE) bench
+
+# Execute every notebook in full mode on this machine (the CPU default without a GPU, CUB-200 where a
+# GPU and the data are there) and commit the outputs: readers on GitHub and Colab see them.
+notebooks: $(STAMP)
+	$(PY) -m bgtutorial.nbtools execute notebooks/*.ipynb
+
+check-notebooks: $(STAMP)
+	$(PY) -m bgtutorial.nbtools check notebooks/*.ipynb
 
 strip: $(STAMP)
 	$(PY) -m bgtutorial.nbtools strip notebooks/*.ipynb

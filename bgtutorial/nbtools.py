@@ -1,41 +1,189 @@
-"""Notebook housekeeping: ``python -m bgtutorial.nbtools strip notebooks/*.ipynb`` removes outputs.
+"""Notebook housekeeping: execute the tutorials with their outputs, and check committed outputs.
 
-Notebooks are committed without outputs (CONVENTIONS.md); tests check that they stay so.
+``python -m bgtutorial.nbtools execute notebooks/*.ipynb`` (``make notebooks``) runs each notebook
+top to bottom in *full* mode on the machine at hand (the CPU default without a GPU; CUB-200 where
+a GPU and the data are there), in its own folder, and writes the outputs into the file. Each code
+cell records the hash of the source it ran from (``metadata.bgtutorial.source_sha256``), so a later
+edit of the cell shows up as a stale output (:func:`stale_cells`).
+
+``python -m bgtutorial.nbtools check notebooks/*.ipynb`` lists stale cells and unclean outputs
+(warnings, tracebacks, figures kept only as ``<Figure ...>`` text, stray values such as a bare
+``[]``); it exits non-zero when it finds any. ``strip`` removes every output.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["strip_notebook", "has_outputs"]
+__all__ = ["strip_notebook", "has_outputs", "source_hash", "stale_cells", "output_problems",
+           "execute_notebook", "META_KEY"]
+
+#: the cell metadata key under which execution records the hash of the source
+META_KEY = "bgtutorial"
+
+_FIGURE_TEXT = re.compile(r"^<Figure size [^>]*>$")
+_STRAY = {"[]", "()", "{}", "None", "''", '""'}
+_WARNING = re.compile(r"\b\w*Warning\b|IProgress not found|Traceback \(most recent call last\)")
+
+
+def source_hash(source: str) -> str:
+    """SHA-256 (hex, first 16 digits) of a cell's source, as executed."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+def _read(path_or_nb):
+    import nbformat
+
+    return nbformat.read(path_or_nb, as_version=4) if isinstance(path_or_nb, (str, Path)) else path_or_nb
 
 
 def strip_notebook(path: str | Path) -> bool:
-    """Remove outputs and execution counts in place; return True when the file changed."""
+    """Remove outputs, execution counts and source hashes in place; return True when the file changed."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     changed = False
     for cell in nb.cells:
         if cell.cell_type == "code":
-            if cell.outputs or cell.execution_count is not None:
+            if cell.outputs or cell.execution_count is not None or META_KEY in cell.metadata:
                 changed = True
             cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop(META_KEY, None)
     if changed:
         nbformat.write(nb, path)
     return changed
 
 
-def has_outputs(path: str | Path) -> bool:
+def has_outputs(path) -> bool:
     """True when any code cell of the notebook carries outputs."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
+    nb = _read(path)
     return any(c.cell_type == "code" and c.outputs for c in nb.cells)
 
 
+def stale_cells(path) -> list[str]:
+    """Why the notebook's committed outputs cannot be trusted, one line per problem ([] when fine).
+
+    A notebook with no output at all is stale as a whole; a code cell is stale when it carries
+    outputs but no recorded hash, or a hash that is not its current source's (edited since).
+    A cell with no output and the current hash is fine (it printed nothing).
+    """
+    nb = _read(path)
+    name = Path(path).name if isinstance(path, (str, Path)) else "notebook"
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    if not any(c.outputs for _, c in code):
+        return [f"{name}: no outputs at all; run `make notebooks`"]
+    out = []
+    for i, c in code:
+        recorded = c.metadata.get(META_KEY, {}).get("source_sha256")
+        if recorded is None and c.outputs:
+            out.append(f"{name} cell {i}: outputs with no recorded source hash; run `make notebooks`")
+        elif recorded is not None and recorded != source_hash(c.source):
+            out.append(f"{name} cell {i}: source changed since its outputs were made "
+                       f"(starts {c.source.strip()[:40]!r}); run `make notebooks`")
+    return out
+
+
+def output_problems(path) -> list[str]:
+    """Outputs a reader should not see: warnings or tracebacks, errors, figures kept only as text,
+    and stray values (a bare ``[]`` or ``None`` as a cell's result). One line per problem."""
+    nb = _read(path)
+    name = Path(path).name if isinstance(path, (str, Path)) else "notebook"
+    out = []
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code":
+            continue
+        for o in c.outputs:
+            kind = o.get("output_type")
+            if kind == "error":
+                out.append(f"{name} cell {i}: error {o.get('ename')}: {o.get('evalue', '')[:80]}")
+            elif kind == "stream":
+                text = o.get("text", "")
+                if o.get("name") == "stderr" and text.strip():
+                    out.append(f"{name} cell {i}: stderr output {text.strip()[:80]!r}")
+                elif _WARNING.search(text):
+                    out.append(f"{name} cell {i}: a warning in the output {text.strip()[:80]!r}")
+            elif kind in ("execute_result", "display_data"):
+                data = o.get("data", {})
+                text = str(data.get("text/plain", "")).strip()
+                if "image/png" not in data and _FIGURE_TEXT.match(text):
+                    out.append(f"{name} cell {i}: a figure kept only as text ({text}); "
+                               "is MPLBACKEND=Agg set in the environment?")
+                elif kind == "execute_result" and text in _STRAY:
+                    out.append(f"{name} cell {i}: a stray value {text} as the cell's result "
+                               "(end the line with ';' or assign it)")
+                for mime in data:
+                    if mime.startswith("image/") and mime != "image/png":
+                        out.append(f"{name} cell {i}: a {mime} figure (PNG only)")
+    return out
+
+
+def execute_notebook(path: str | Path, timeout: int | None = None, kernel_name: str = "python3") -> list[str]:
+    """Run a notebook top to bottom in full mode, in its own folder; write outputs and source hashes.
+
+    The kernel sees the caller's environment, minus ``BGT_SMOKE`` (full mode) and ``MPLBACKEND``
+    (with ``Agg`` the kernel keeps no figure, only ``<Figure ...>`` text), plus ``TQDM_DISABLE=1``
+    (progress bars are not results). A cell that raises stops the run and nothing is written.
+    Returns :func:`output_problems` of the executed notebook.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    saved = {k: os.environ.get(k) for k in ("BGT_SMOKE", "MPLBACKEND", "TQDM_DISABLE")}
+    os.environ.pop("BGT_SMOKE", None)
+    os.environ.pop("MPLBACKEND", None)
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name,
+                                resources={"metadata": {"path": str(path.parent.resolve())}})
+        client.execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.metadata[META_KEY] = {"source_sha256": source_hash(cell.source)}
+    nbformat.write(nb, path)
+    return output_problems(path)
+
+
+def _main(argv: list[str]) -> int:
+    usage = "usage: python -m bgtutorial.nbtools {strip|check|execute} NOTEBOOK.ipynb ..."
+    if len(argv) < 2 or argv[0] not in ("strip", "check", "execute"):
+        print(usage, file=sys.stderr)
+        return 2
+    cmd, paths = argv[0], argv[1:]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    bad = 0
+    for p in paths:
+        if cmd == "strip":
+            print(("stripped " if strip_notebook(p) else "clean    ") + p)
+        elif cmd == "check":
+            problems = stale_cells(p) + output_problems(p)
+            bad += len(problems)
+            print("\n".join(problems) if problems else f"ok       {p}")
+        else:
+            t0 = time.perf_counter()
+            print(f"executing {p} ...", flush=True)
+            problems = execute_notebook(p)
+            size = Path(p).stat().st_size / 2**20
+            print(f"  done in {time.perf_counter() - t0:.0f} s, {size:.2f} MiB")
+            for line in problems:
+                print("  " + line)
+            bad += len(problems)
+    return 1 if bad else 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] != "strip":
-        sys.exit("usage: python -m bgtutorial.nbtools strip NOTEBOOK.ipynb ...")
-    for p in sys.argv[2:]:
-        print(("stripped " if strip_notebook(p) else "clean    ") + p)
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,85 @@
+"""bgtutorial.nbtools: executed notebooks carry source hashes; stale and unclean outputs are caught."""
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from bgtutorial import nbtools
+
+
+def _nb(*sources):
+    return new_notebook(cells=[new_markdown_cell("# t")] + [new_code_cell(s) for s in sources])
+
+
+def test_execute_records_hashes_png_figures_and_a_clean_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")            # as under `make test`: execution must undo it
+    monkeypatch.setenv("BGT_SMOKE", "1")
+    path = tmp_path / "t.ipynb"
+    nbformat.write(_nb("import os\nprint(os.environ.get('BGT_SMOKE'), os.environ.get('TQDM_DISABLE'))",
+                       "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])"), path)
+    assert nbtools.execute_notebook(path, timeout=120) == []
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].outputs[0]["text"].split() == ["None", "1"]          # full mode, no progress bars
+    assert any("image/png" in o.get("data", {}) for o in code[1].outputs)
+    for c in code:
+        assert c.metadata["bgtutorial"]["source_sha256"] == nbtools.source_hash(c.source)
+    assert nbtools.stale_cells(path) == []
+    assert nbtools.has_outputs(path)
+    import os
+    assert os.environ["MPLBACKEND"] == "Agg" and os.environ["BGT_SMOKE"] == "1"   # restored
+
+
+def test_an_edited_cell_is_stale_and_named(tmp_path):
+    nb = _nb("x = 1\nx", "y = 2\ny")
+    for c in nb.cells[1:]:
+        c.outputs = [new_output("execute_result", {"text/plain": "1"}, execution_count=1)]
+        c.metadata["bgtutorial"] = {"source_sha256": nbtools.source_hash(c.source)}
+    assert nbtools.stale_cells(nb) == []
+    nb.cells[2].source = "y = 3\ny"
+    problems = nbtools.stale_cells(nb)
+    assert len(problems) == 1 and "cell 2" in problems[0] and "make notebooks" in problems[0]
+    del nb.cells[1].metadata["bgtutorial"]
+    assert len(nbtools.stale_cells(nb)) == 2                     # outputs without a hash are stale too
+
+
+def test_a_notebook_without_outputs_is_stale(tmp_path):
+    assert "no outputs" in nbtools.stale_cells(_nb("x = 1"))[0]
+
+
+@pytest.mark.parametrize("output,what", [
+    (new_output("stream", name="stderr", text="UserWarning: careful\n"), "stderr"),
+    (new_output("stream", name="stdout", text="IProgress not found. Please update jupyter\n"), "warning"),
+    (new_output("error", ename="ValueError", evalue="bad", traceback=[]), "error"),
+    (new_output("execute_result", {"text/plain": "<Figure size 640x480 with 1 Axes>"}, execution_count=1), "as text"),
+    (new_output("execute_result", {"text/plain": "[]"}, execution_count=1), "stray"),
+    (new_output("display_data", {"image/svg+xml": "<svg/>", "text/plain": "fig"}), "PNG only"),
+])
+def test_unclean_outputs_are_reported(output, what):
+    nb = _nb("pass")
+    nb.cells[1].outputs = [output]
+    problems = nbtools.output_problems(nb)
+    assert len(problems) == 1 and what in problems[0] and "cell 1" in problems[0]
+
+
+def test_clean_outputs_pass():
+    nb = _nb("pass")
+    nb.cells[1].outputs = [new_output("stream", name="stdout", text="R@1 0.40\n"),
+                           new_output("display_data", {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure size 1x1>"})]
+    assert nbtools.output_problems(nb) == []
+
+
+def test_strip_removes_outputs_and_hashes(tmp_path):
+    nb = _nb("x = 1")
+    nb.cells[1].outputs = [new_output("stream", name="stdout", text="1\n")]
+    nb.cells[1].metadata["bgtutorial"] = {"source_sha256": "0"}
+    path = tmp_path / "s.ipynb"
+    nbformat.write(nb, path)
+    assert nbtools.strip_notebook(path) and not nbtools.has_outputs(path)
+    assert "bgtutorial" not in nbformat.read(path, as_version=4).cells[1].metadata
+    assert not nbtools.strip_notebook(path)
+
+
+def test_cli_refuses_unknown_commands_and_missing_files(capsys):
+    assert nbtools._main(["run", "x.ipynb"]) == 2
+    assert nbtools._main(["check", "no/such.ipynb"]) == 2
+    assert "no such notebook" in capsys.readouterr().err
