@@ -7,7 +7,8 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled", "UserError", "CLI_ERRORS"]
+__all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled", "UserError", "CLI_ERRORS",
+           "about"]
 
 
 class UserError(Exception):
@@ -72,3 +73,20 @@ def smoke_mode() -> bool:
 def bars_disabled(progress: bool = True) -> bool:
     """True when progress bars should be hidden: ``progress=False`` or ``TQDM_DISABLE=1`` (CI)."""
     return not progress or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
+
+
+def about(dev: torch.device | None = None) -> str:
+    """One line naming what a notebook ran on: package and torch versions, device, threads, date.
+
+    The notebooks print it first, so a committed output says where its numbers come from.
+    """
+    import datetime
+    import platform
+
+    from . import __version__
+
+    dev = dev or device()
+    where = (f"{torch.cuda.get_device_name(dev)}" if dev.type == "cuda"
+             else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
+    return (f"bgtutorial {__version__} · torch {torch.__version__} · {dev.type}: {where} · "
+            f"{datetime.date.today().isoformat()}")

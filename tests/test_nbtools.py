@@ -83,3 +83,16 @@ def test_cli_refuses_unknown_commands_and_missing_files(capsys):
     assert nbtools._main(["run", "x.ipynb"]) == 2
     assert nbtools._main(["check", "no/such.ipynb"]) == 2
     assert "no such notebook" in capsys.readouterr().err
+
+
+def test_about_names_version_device_and_date():
+    import datetime
+
+    import torch
+
+    import bgtutorial
+    from bgtutorial.utils import about
+
+    line = about(torch.device("cpu"))
+    assert f"bgtutorial {bgtutorial.__version__}" in line and f"torch {torch.__version__}" in line
+    assert "cpu: CPU" in line and datetime.date.today().isoformat() in line
