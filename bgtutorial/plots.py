@@ -336,7 +336,8 @@ def _name_ticks(ax: plt.Axes, labels: np.ndarray, names: Sequence[str] | None, m
     centres = (starts + ends - 1) / 2
     text = [str(names[int(labels[s])]) if names is not None else str(int(labels[s])) for s in starts]
     size = 7 if len(starts) <= 20 else 5
-    ax.set_xticks(centres, text, fontsize=size)
+    long = max(len(t) for t in text) > 3
+    ax.set_xticks(centres, text, fontsize=size, rotation=60 if long else 0, ha="right" if long else "center")
     ax.set_yticks(centres, text, fontsize=size)
 
 
@@ -378,49 +379,49 @@ def batch_attention(weights: torch.Tensor, labels, images: Sequence[torch.Tensor
     """A (B, B) attention matrix of a real batch beside the batch's images.
 
     Samples are sorted by label; red lines separate the classes and ticks name them (``names``).
-    With ``images`` (B of them, (3, H, W), in batch order), a strip on the left shows each class's
-    images on the row of its block, so the reader sees which images attend to which.
+    With ``images`` (B of them, (3, H, W), in batch order), each class's images are drawn left of
+    the matrix on the rows of its block, as squares as tall as the block, so the reader sees
+    which images attend to which. ``ax.images[0]`` is the matrix, the thumbnails follow.
     """
     w, ys = _sorted_by_label(torch.as_tensor(weights), labels)
     B = len(ys)
     order = torch.argsort(torch.as_tensor(labels).cpu(), stable=True).tolist()
     starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
     ends = np.r_[starts[1:], B]
-    per_class = int((ends - starts).max())
-    side = 7.5 if B > 48 else 4.5
+    sizes = ends - starts
+    strip = int((sizes * sizes).max()) if images is not None else 0        # data units left of the matrix
+    gap = 0.03 * B if images is not None else 0.0
+    side = min(11.0, max(4.5, B / 12))                                     # inches: a 120-batch gets 10
+    fig, ax = plt.subplots(figsize=(side * (B + strip + gap) / B + 1.6, side), layout="constrained")
+    im = ax.imshow(w, cmap="viridis", interpolation="nearest", extent=(-0.5, B - 0.5, B - 0.5, -0.5))
     if images is not None:
-        strip = per_class * per_class / B * side          # thumbnails square: a class block is per_class rows tall
-        fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(side + strip + 1.6, side),
-                                         gridspec_kw={"width_ratios": [strip, side]}, layout="constrained")
+        left = -0.5 - gap - strip
         for s, e in zip(starts, ends):
+            size = e - s                                                    # a square as tall as the class block
             for k, pos in enumerate(range(s, e)):
-                ax_img.imshow(to_display(images[order[pos]]), extent=(k, k + 1, e - 0.5, s - 0.5))
-        for b in starts[1:]:
-            ax_img.axhline(b - 0.5, color="tab:red", lw=0.8)
-        ax_img.set_xlim(0, per_class)
-        ax_img.set_ylim(B - 0.5, -0.5)
-        ax_img.set_aspect("auto")
-        ax_img.set_xticks([]), ax_img.set_yticks([])
-        ax_img.set_title("the batch,\nby class", fontsize=8)
-    else:
-        fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
-    im = ax.imshow(w, cmap="viridis", interpolation="nearest")
+                x0 = left + k * size
+                ax.imshow(to_display(images[order[pos]]), extent=(x0, x0 + size, e - 0.5, s - 0.5),
+                          interpolation="nearest")
+        ax.set_xlim(left, B - 0.5)
+    ax.set_ylim(B - 0.5, -0.5)
     _class_axes(ax, ys)
     _name_ticks(ax, ys, names)
     ax.set_xlabel("key sample j, whose feature is borrowed (class)", fontsize=8)
     ax.set_ylabel("query sample i (class)", fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title + ("\n(left: the batch's images, each class on the rows of its block)" if images is not None else ""),
+                 fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8, label="attention weight")
     return fig
 
 
 def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, title: str = "",
-                ax: plt.Axes | None = None) -> plt.Figure:
+                ax: plt.Axes | None = None, legend: bool = True) -> plt.Figure:
     """Mean ± standard deviation over seeds, with every seed as a dot.
 
     ``values[group][method]`` holds one number per seed (e.g. final R@1); groups (conditions such as
     "balanced", "long-tailed") go along the x-axis, methods side by side within a group, one
-    colour each. The legend says how many seeds each method has; one seed draws no error bar.
+    colour each. The legend (right of the axes; ``legend=False`` leaves it out, e.g. on all but
+    one panel) says how many seeds each method has; one seed draws no error bar.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(values), 3.4))
@@ -444,7 +445,8 @@ def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, titl
     ax.set_xticks(range(len(values)), list(values), fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -48,15 +48,16 @@ def test_batch_attention_sorts_by_class_and_shows_every_image():
     w = torch.softmax(torch.randn(6, 6), dim=1)
     images = [torch.full((3, 8, 8), i / 6) for i in range(6)]
     fig = batch_attention(w, labels, images, names=["x", "y", "z"], title="t")
-    strip, heat = fig.axes[0], fig.axes[1]
-    assert len(strip.images) == 6
+    heat = fig.axes[0]
+    assert len(heat.images) == 1 + 6                          # the matrix, then one thumbnail per sample
     order = torch.argsort(labels, stable=True)
     np.testing.assert_allclose(heat.images[0].get_array(), w[order][:, order].numpy(), rtol=1e-6)
-    # the thumbnail on the row of sorted position p is image order[p]
-    for im in strip.images:
-        top = im.get_extent()[3]
-        p = int(round(top + 0.5))                             # rows s..e-1 of a class start at s - 0.5
-        assert labels[order[p]] == labels[int(round(im.get_array()[0, 0, 0] * 6))]
+    for im in heat.images[1:]:
+        x0, x1, bottom, top = im.get_extent()
+        assert x1 < -0.5 and x1 - x0 == bottom - top == 2     # left of the matrix, square, as tall as a class block
+        i = int(round(im.get_array()[0, 0, 0] * 6))           # which image this is
+        rows = [p for p in range(6) if top < p < bottom]      # the sorted positions it spans
+        assert all(labels[order[p]] == labels[i] for p in rows) and len(rows) == 2
     assert [t.get_text() for t in heat.get_yticklabels()] == ["x", "y", "z"]
     plt.close("all")
 
