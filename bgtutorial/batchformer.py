@@ -56,6 +56,14 @@ class BatchFormerLayer(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(rearrange(out, "1 h b d -> b (h d)"))    # (B, D)
 
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights (H, B, B) of a batch x (B, D), without dropout: row i of head h says how
+        much sample i takes from each of the B samples (rows sum to 1). For pictures; :meth:`attention`
+        computes the same inside ``scaled_dot_product_attention``."""
+        q, k = rearrange(self.qkv(x), "b (three h d) -> three h b d", three=3, h=self.num_heads)[:2]   # (H, B, d)
+        scores = q @ rearrange(k, "h b d -> h d b") / (self.dim // self.num_heads) ** 0.5              # (H, B, B)
+        return scores.softmax(dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x + self.drop(self.attention(x)))                               # (B, D)
         return self.norm2(x + self.drop(self.ffn2(self.drop(F.relu(self.ffn1(x))))))  # (B, D)

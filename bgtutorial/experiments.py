@@ -22,7 +22,7 @@ from .models import BATCH_MODULES
 from .train import load_config, train
 from .utils import CLI_ERRORS, bars_disabled
 
-__all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "METHODS"]
+__all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics", "METHODS"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -112,6 +112,41 @@ def embed_run(run_dir: str | Path, checkpoint: str = "last.pt", **overrides: Any
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
     emb, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev)
     return emb, labels, test_ds
+
+
+def head_metrics(run_dir: str | Path, checkpoint: str = "last.pt", with_nmi: bool = False,
+                 **overrides: Any) -> dict[str, dict[str, float]]:
+    """Retrieval metrics of a finished run's heads on the *plain* test features, without the module.
+
+    ``{"plain head": metrics}``, plus ``"module head"`` for a run trained with ``shared_head=False``:
+    the module stream's own head applied to features that never went through the batch module,
+    the train/test mismatch that BatchFormer's shared head avoids. Weights are ``last.pt``'s.
+    """
+    import dataclasses
+
+    from .metrics import retrieval_metrics
+    from .train import Config, build_datasets, build_net, embed_dataset
+    from .utils import device
+
+    run_dir = Path(run_dir)
+    saved = stored_config(run_dir)
+    if saved is None:
+        raise FileNotFoundError(f"{run_dir} holds no finished run (no config.json, history.json or last.pt); "
+                                "train it first (experiments.run_or_load or python -m bgtutorial.train)")
+    names = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
+    _, test_ds = build_datasets(cfg)
+    dev = device(cfg.device or None)
+    model = build_net(cfg, with_module=False, pretrained=False).to(dev)      # no batch module; both heads
+    state = load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"]
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
+    out = {}
+    for name, outputs in (("plain head", "embedding"), ("module head", "module_head")):
+        if outputs == "module_head" and model.module_head is None:
+            continue
+        emb, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev, outputs=outputs)
+        out[name] = retrieval_metrics(emb, labels, with_nmi=with_nmi)
+    return out
 
 
 def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> dict[str, tuple[float, float, int]]:

@@ -120,11 +120,15 @@ class MetricLoss(nn.Module):
         m, tau, c, clip_r: the hyperbolic loss's samples per class, temperature, curvature and
             clipping radius (Hyp-ViT's τ=0.2, c=0.1, r=2.3).
         pair_reduction: the hyperbolic loss's reduction over view pairs ("sum" as Hyp-ViT, or "mean").
+        separate_module_loss: the module half gets a loss of its own (its own proxies, drawn
+            independently), for a network whose module stream has its own head (``shared_head=False``):
+            ``α·L(plain) + (1-α)·L'(module)`` with α = ``plain_weight``, or 0.5 when it is None (the
+            mean of the two halves, as a cross-entropy averaged over the doubled batch would be).
     """
 
     def __init__(self, name: str, num_classes: int, embed_dim: int, margin: float = 0.1, alpha: float = 32.0,
                  plain_weight: float | None = None, m: int = 2, tau: float = 0.2, c: float = 0.1,
-                 clip_r: float | None = 2.3, pair_reduction: str = "sum") -> None:
+                 clip_r: float | None = 2.3, pair_reduction: str = "sum", separate_module_loss: bool = False) -> None:
         super().__init__()
         from pytorch_metric_learning import losses, miners
 
@@ -134,27 +138,38 @@ class MetricLoss(nn.Module):
             raise ValueError(f"plain_weight must be in [0, 1] or None, got {plain_weight}")
         self.name, self.plain_weight = name, plain_weight
         self.miner = None
-        if name == "proxy_anchor":
-            self.loss = losses.ProxyAnchorLoss(num_classes, embed_dim, margin=margin, alpha=alpha)
-        elif name == "hyperbolic":
-            self.loss = HyperbolicPairLoss(m, tau, c, clip_r, pair_reduction)
-            if plain_weight is None:       # the two halves each hold P groups of m: score them apart
-                self.plain_weight = 0.5
-        else:
-            self.loss = losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
+
+        def make() -> nn.Module:
+            if name == "proxy_anchor":
+                return losses.ProxyAnchorLoss(num_classes, embed_dim, margin=margin, alpha=alpha)
+            if name == "hyperbolic":
+                return HyperbolicPairLoss(m, tau, c, clip_r, pair_reduction)
+            return losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
+
+        self.loss = make()
+        if name == "hyperbolic" and plain_weight is None:   # the two halves each hold P groups of m: score them apart
+            self.plain_weight = 0.5
+        if name == "multi_similarity":
             self.miner = miners.MultiSimilarityMiner(epsilon=0.1)
+        #: the module half's own loss (own proxies) when ``separate_module_loss``, else None
+        self.module_loss = make() if separate_module_loss else None
+        if separate_module_loss and self.plain_weight is None:
+            self.plain_weight = 0.5
 
     def proxy_parameters(self) -> list[nn.Parameter]:
         """Parameters of the loss itself (the proxies), trained at their own larger learning rate."""
-        return list(self.loss.parameters())
+        return list(self.loss.parameters()) + (list(self.module_loss.parameters()) if self.module_loss is not None else [])
 
-    def _one(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        emb = emb.float()
-        return self.loss(emb, y, self.miner(emb, y)) if self.miner is not None else self.loss(emb, y)
+    def _one(self, emb: torch.Tensor, y: torch.Tensor, loss: nn.Module | None = None) -> torch.Tensor:
+        emb, loss = emb.float(), self.loss if loss is None else loss
+        return loss(emb, y, self.miner(emb, y)) if self.miner is not None else loss(emb, y)
 
     def forward(self, emb: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        """``batch_size`` is B of the plain half; needed only with ``plain_weight``."""
+        """``batch_size`` is B of the plain half; needed with ``plain_weight`` or ``separate_module_loss``."""
+        if self.module_loss is not None and batch_size is None:
+            raise ValueError("separate_module_loss needs batch_size, the size B of the plain half")
         if self.plain_weight is None or batch_size is None or emb.shape[0] == batch_size:
             return self._one(emb, y)
         a = self.plain_weight
-        return a * self._one(emb[:batch_size], y[:batch_size]) + (1 - a) * self._one(emb[batch_size:], y[batch_size:])
+        return a * self._one(emb[:batch_size], y[:batch_size]) + \
+            (1 - a) * self._one(emb[batch_size:], y[batch_size:], self.module_loss)

@@ -1,7 +1,8 @@
 """The retrieval network: backbone -> global pooling -> [batch module] -> linear embedding -> L2 norm.
 
 The optional batch module (BatchFormer, BGFormer) sits between the pooled feature and the
-embedding head, which is shared by the plain and the module stream (docs/method.md). It only
+embedding head, which is shared by the plain and the module stream (docs/method.md), unless
+``shared_head=False`` gives the module stream a head of its own (an ablation). It only
 acts in training, through ``augment(features, labels)``; at evaluation the forward path
 never touches it.
 """
@@ -156,6 +157,10 @@ class RetrievalNet(nn.Module):
             False (hyperbolic loss, which maps raw embeddings into the Poincaré ball itself) the
             training embeddings are raw; at evaluation they are always L2-normalised, so
             retrieval ranks by cosine similarity (our reading for the hyperbolic tier).
+        shared_head: True (BatchFormer's design): one head embeds the plain and the module
+            stream. False: the module stream (the second half of the doubled batch) goes through
+            its own head ``module_head`` (same shape and initialisation rule), which the test-time
+            forward never uses; an ablation that shows what sharing buys (notebook 02).
 
     ``forward(images)`` -> embeddings (B, E), L2-normalised. In training,
     ``forward(images, labels)`` -> ``(embeddings, labels)`` where a batch module may have
@@ -164,31 +169,46 @@ class RetrievalNet(nn.Module):
 
     def __init__(self, backbone: str = "resnet50", embed_dim: int = 512, pretrained: bool = True,
                  batch_module: str | nn.Module | None = None, batch_module_kwargs: dict | None = None,
-                 normalize: bool = True, pooling: str = "avg", head_init: str = "default") -> None:
+                 normalize: bool = True, pooling: str = "avg", head_init: str = "default",
+                 shared_head: bool = True) -> None:
         super().__init__()
         self.backbone, self.feat_dim = build_backbone(backbone, pretrained, pooling)
         self.batch_module = make_batch_module(batch_module, self.feat_dim, **(batch_module_kwargs or {}))
-        self.head = nn.Linear(self.feat_dim, embed_dim)
         if head_init not in HEAD_INITS:
             raise ValueError(f"unknown head_init {head_init!r}; choose one of {', '.join(HEAD_INITS)}")
-        if head_init == "kaiming_fanout":
-            nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
-            nn.init.zeros_(self.head.bias)
-        elif head_init == "orthogonal":
-            nn.init.orthogonal_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        self.head = self._new_head(embed_dim, head_init)
+        #: the module stream's own head when ``shared_head=False`` (else None: ``head`` serves both)
+        self.module_head = None if shared_head else self._new_head(embed_dim, head_init)
         self.embed_dim, self.normalize = embed_dim, normalize
         #: optional ``(features, labels) -> (features, labels)`` applied in training before the
         #: batch module, e.g. :class:`bgtutorial.distributed.GatherBatch` (global batch under DDP)
         self.gather = None
 
+    def _new_head(self, embed_dim: int, head_init: str) -> nn.Linear:
+        head = nn.Linear(self.feat_dim, embed_dim)
+        if head_init == "kaiming_fanout":
+            nn.init.kaiming_normal_(head.weight, mode="fan_out")
+            nn.init.zeros_(head.bias)
+        elif head_init == "orthogonal":
+            nn.init.orthogonal_(head.weight)
+            nn.init.zeros_(head.bias)
+        return head
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, D)."""
         return self.backbone(images)
 
-    def embed(self, features: torch.Tensor) -> torch.Tensor:
-        """Shared head: linear map and L2 normalisation, (N, D) -> (N, E) (raw in training when not ``normalize``)."""
-        e = self.head(features).float()
+    def embed(self, features: torch.Tensor, head: str = "plain") -> torch.Tensor:
+        """Head: linear map and L2 normalisation, (N, D) -> (N, E) (raw in training when not ``normalize``).
+
+        ``head="module"`` uses the module stream's own head (``shared_head=False`` only).
+        """
+        if head not in ("plain", "module"):
+            raise ValueError(f"head must be 'plain' or 'module', got {head!r}")
+        if head == "module" and self.module_head is None:
+            raise ValueError("this network shares one head between the streams (shared_head=True): "
+                             "there is no module head; use head='plain'")
+        e = (self.head if head == "plain" else self.module_head)(features).float()
         return e if (self.training and not self.normalize) else F.normalize(e, dim=1)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
@@ -197,6 +217,10 @@ class RetrievalNet(nn.Module):
             return self.embed(f)                                     # test time: no batch module
         if self.training and self.gather is not None:
             f, labels = self.gather(f, labels)                       # (W·B, D): the global batch
+        b = f.shape[0]
         if self.training and self.batch_module is not None:
             f, labels = self.batch_module.augment(f, labels)         # (2B, D), (2B,)
-        return self.embed(f), labels
+        if self.module_head is None or f.shape[0] == b:
+            return self.embed(f), labels                             # one head for both halves
+        # unshared: plain half through the test-time head, module half through its own head
+        return torch.cat([self.embed(f[:b]), self.embed(f[b:], head="module")]), labels   # (2B, E)

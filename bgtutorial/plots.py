@@ -12,7 +12,8 @@ from einops import rearrange
 from .data.cub import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["to_display", "image_grid", "class_balance", "plot_history", "compare_histories",
-           "retrieval_gallery", "embedding_projection", "attention_heatmap", "head_graphs", "class_name"]
+           "retrieval_gallery", "embedding_projection", "attention_heatmap", "head_graphs", "class_name",
+           "two_stream_diagram", "coupling_maps", "batch_attention", "seed_spread"]
 
 
 def to_display(img: torch.Tensor) -> np.ndarray:
@@ -231,4 +232,221 @@ def head_graphs(attention: torch.Tensor, knn: torch.Tensor, labels: torch.Tensor
     fig.colorbar(im, ax=list(axes[1:]), shrink=0.85, label="attention weight")
     if title:
         fig.suptitle(title, fontsize=9)
+    return fig
+
+
+# ------------------------------------------------------------------- notebook 02 (BatchFormer)
+def _box(ax: plt.Axes, xy: tuple[float, float], text: str, color: str, width: float = 1.7, height: float = 0.7,
+         dashed: bool = False) -> None:
+    from matplotlib.patches import FancyBboxPatch
+
+    x, y = xy
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.05",
+                                fc="white", ec=color, lw=1.6, ls="--" if dashed else "-"))
+    ax.text(x, y, text, ha="center", va="center", fontsize=8, color="0.45" if dashed else "black")
+
+
+def _arrow(ax: plt.Axes, start: tuple[float, float], end: tuple[float, float], color: str, head: bool = True) -> None:
+    ax.annotate("", end, start, arrowprops=dict(arrowstyle="-|>" if head else "-", color=color, lw=1.4,
+                                                shrinkA=0, shrinkB=0))
+
+
+def two_stream_diagram(shared_head: bool = True) -> plt.Figure:
+    """BatchFormer's training path (top) and test path (bottom), drawn as boxes and arrows.
+
+    Training: the pooled features X (B, D) of a batch go two ways, untouched (the plain stream, blue)
+    and through the module M (the module stream, orange); the loss sees both halves of the doubled
+    batch. ``shared_head=True`` (the paper's design): one head h and one set of proxies for both
+    streams. ``False`` (our ablation): the module stream has its own head h' and proxies P'. Test
+    (bottom, green): one image at a time, no module; only h is used, so with ``shared_head=False``
+    the module stream's head h' is left behind.
+    """
+    plain, module, test = "tab:blue", "tab:orange", "tab:green"
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    ax.set_xlim(-0.3, 12.6)
+    ax.set_ylim(-0.2, 6.4)
+    ax.axis("off")
+    ax.text(-0.2, 6.2, "training (a batch of B images, labels y)", fontsize=9, weight="bold", va="top")
+    ax.text(-0.2, 2.2, "test (one image at a time, no labels)", fontsize=9, weight="bold", va="top")
+    ax.axhline(2.4, color="0.8", lw=0.8)
+    # training: images -> backbone -> X, then two streams
+    _box(ax, (0.8, 4.0), "B images", "0.3", width=1.3)
+    _box(ax, (2.8, 4.0), "backbone\n(+ pooling)", "0.3")
+    _arrow(ax, (1.45, 4.0), (1.95, 4.0), "0.3")
+    ax.plot([3.65, 4.1], [4.0, 4.0], color="0.3", lw=1.4)
+    ax.text(3.8, 4.12, "X (B, D)", fontsize=7, ha="right", va="bottom")
+    ax.plot([4.1, 4.1, 4.6], [4.0, 5.0, 5.0], color=plain, lw=1.4)       # the plain stream
+    ax.plot([4.1, 4.1], [4.0, 3.0], color=module, lw=1.4)                 # the module stream
+    _box(ax, (5.7, 3.0), "BatchFormer M\n(attention over\nthe batch)", module, height=0.95)
+    _arrow(ax, (4.1, 3.0), (4.85, 3.0), module)
+    if shared_head:
+        _box(ax, (8.4, 4.0), "shared head h\n(D → E, L2)", "0.2", height=0.8)
+        ax.plot([4.6, 7.0], [5.0, 5.0], color=plain, lw=1.4)
+        _arrow(ax, (7.0, 5.0), (7.8, 4.4), plain)
+        ax.text(5.8, 5.08, "plain half: X, untouched", fontsize=7, color=plain, ha="center", va="bottom")
+        ax.plot([6.55, 7.0], [3.0, 3.0], color=module, lw=1.4)
+        _arrow(ax, (7.0, 3.0), (7.8, 3.6), module)
+        ax.text(7.05, 2.85, "module half: M(X)", fontsize=7, color=module, ha="left", va="top")
+        _box(ax, (11.2, 4.0), "one loss on 2B rows\nℓ(h([X; M(X)]), [y; y])\nproxies P", "0.2", width=2.5,
+             height=1.05)
+        _arrow(ax, (9.25, 4.0), (9.95, 4.0), "0.2")
+    else:
+        _box(ax, (8.4, 5.0), "head h\n(D → E, L2)", plain, height=0.8)
+        _box(ax, (8.4, 3.0), "module head h'\n(D → E, L2)", module, height=0.8)
+        _arrow(ax, (4.6, 5.0), (7.55, 5.0), plain)
+        ax.text(5.8, 5.08, "plain half: X, untouched", fontsize=7, color=plain, ha="center", va="bottom")
+        _arrow(ax, (6.55, 3.0), (7.55, 3.0), module)
+        ax.text(7.05, 3.08, "M(X)", fontsize=7, color=module, ha="center", va="bottom")
+        _box(ax, (11.2, 5.0), "ℓ(h(X), y)\nproxies P", plain, width=2.3, height=0.8)
+        _box(ax, (11.2, 3.0), "ℓ'(h'(M(X)), y)\nown proxies P'", module, width=2.3, height=0.8)
+        _arrow(ax, (9.25, 5.0), (10.05, 5.0), plain)
+        _arrow(ax, (9.25, 3.0), (10.05, 3.0), module)
+        ax.text(11.2, 4.0, "loss = ½ ℓ + ½ ℓ'", ha="center", va="center", fontsize=8)
+    # test: image -> backbone -> h -> embedding; the module (and h') are not used
+    y = 0.8
+    _box(ax, (0.8, y), "1 image", "0.3", width=1.3)
+    _box(ax, (2.8, y), "backbone\n(+ pooling)", test)
+    _arrow(ax, (1.45, y), (1.95, y), test)
+    _box(ax, (5.7, 1.6), "M: dropped at test", "0.6", width=1.9, height=0.45, dashed=True)
+    _box(ax, (8.4, y), "head h\n(the trained one)", test, height=0.8)
+    _arrow(ax, (3.65, y), (7.55, y), test)
+    ax.text(5.7, y - 0.12, "x (1, D): never went through M", fontsize=7, color=test, ha="center", va="top")
+    _box(ax, (11.2, y), "embedding (E)\n→ nearest neighbours", test, width=2.3)
+    _arrow(ax, (9.25, y), (10.05, y), test)
+    if not shared_head:
+        ax.text(8.4, 0.05, "h' is left behind: it only ever saw M(X)", ha="center", fontsize=7, color=module)
+    ax.set_title("BatchFormer, " + ("shared head (the paper's design)" if shared_head
+                                     else "unshared head (our ablation)"), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _sorted_by_label(matrix: torch.Tensor, labels) -> tuple[np.ndarray, np.ndarray]:
+    y = torch.as_tensor(labels).cpu()
+    order = torch.argsort(y, stable=True)
+    return matrix.detach().float().cpu()[order][:, order].numpy(), y[order].numpy()
+
+
+def _name_ticks(ax: plt.Axes, labels: np.ndarray, names: Sequence[str] | None, max_classes: int = 40) -> None:
+    """Class names (or numbers) at the class blocks' centres of a matrix sorted by label."""
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    ends = np.r_[starts[1:], len(labels)]
+    if len(starts) > max_classes:
+        return
+    centres = (starts + ends - 1) / 2
+    text = [str(names[int(labels[s])]) if names is not None else str(int(labels[s])) for s in starts]
+    size = 7 if len(starts) <= 20 else 5
+    long = max(len(t) for t in text) > 3
+    ax.set_xticks(centres, text, fontsize=size, rotation=60 if long else 0, ha="right" if long else "center")
+    ax.set_yticks(centres, text, fontsize=size)
+
+
+def coupling_maps(maps: dict[str, torch.Tensor], labels, names: Sequence[str] | None = None,
+                  title: str = "") -> plt.Figure:
+    """Side-by-side (B, B) maps of how much one sample's loss depends on another sample's feature.
+
+    ``maps[name][i, j]`` = ``‖∂ℓ_i / ∂x_j‖`` (e.g. with and without the batch module); samples are
+    sorted by label, red lines separate the classes, ticks name them (``names[label]``). Exact
+    zeros are white; the rest share one logarithmic colour scale. Each title gives the share of
+    off-diagonal entries (i ≠ j) that are exactly zero.
+    """
+    from matplotlib.colors import LogNorm
+
+    sorted_maps = {k: _sorted_by_label(v, labels) for k, v in maps.items()}
+    positive = np.concatenate([m[m > 0] for m, _ in sorted_maps.values()])
+    vmin, vmax = (float(positive.min()), float(positive.max())) if positive.size else (1e-8, 1.0)
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.3 * len(maps) + 0.9, 4.2), squeeze=False,
+                             layout="constrained")
+    im = None
+    for ax, (name, (m, ys)) in zip(axes[0], sorted_maps.items()):
+        off = ~np.eye(len(m), dtype=bool)
+        zero_share = float((m[off] == 0).mean())
+        im = ax.imshow(np.ma.masked_equal(m, 0.0), cmap="viridis", norm=LogNorm(vmin, max(vmax, vmin * 10)),
+                       interpolation="nearest")
+        _class_axes(ax, ys)
+        _name_ticks(ax, ys, names)
+        ax.set_title(f"{name}\n{zero_share:.0%} of the off-diagonal entries exactly 0", fontsize=9)
+        ax.set_xlabel("sample j whose feature x_j moves (class)", fontsize=8)
+        ax.set_ylabel("sample i whose loss ℓ_i is measured (class)", fontsize=8)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.85, label="‖∂ℓ_i / ∂x_j‖ (white: exactly 0)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def batch_attention(weights: torch.Tensor, labels, images: Sequence[torch.Tensor] | None = None,
+                    names: Sequence[str] | None = None, title: str = "attention") -> plt.Figure:
+    """A (B, B) attention matrix of a real batch beside the batch's images.
+
+    Samples are sorted by label; red lines separate the classes and ticks name them (``names``).
+    With ``images`` (B of them, (3, H, W), in batch order), each class's images are drawn left of
+    the matrix on the rows of its block, as squares as tall as the block, so the reader sees
+    which images attend to which. ``ax.images[0]`` is the matrix, the thumbnails follow.
+    """
+    w, ys = _sorted_by_label(torch.as_tensor(weights), labels)
+    B = len(ys)
+    order = torch.argsort(torch.as_tensor(labels).cpu(), stable=True).tolist()
+    starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+    ends = np.r_[starts[1:], B]
+    sizes = ends - starts
+    strip = int((sizes * sizes).max()) if images is not None else 0        # data units left of the matrix
+    gap = 0.03 * B if images is not None else 0.0
+    side = min(11.0, max(4.5, B / 12))                                     # inches: a 120-batch gets 10
+    fig, ax = plt.subplots(figsize=(side * (B + strip + gap) / B + 1.6, side), layout="constrained")
+    im = ax.imshow(w, cmap="viridis", interpolation="nearest", extent=(-0.5, B - 0.5, B - 0.5, -0.5))
+    if images is not None:
+        left = -0.5 - gap - strip
+        for s, e in zip(starts, ends):
+            size = e - s                                                    # a square as tall as the class block
+            for k, pos in enumerate(range(s, e)):
+                x0 = left + k * size
+                ax.imshow(to_display(images[order[pos]]), extent=(x0, x0 + size, e - 0.5, s - 0.5),
+                          interpolation="nearest")
+        ax.set_xlim(left, B - 0.5)
+    ax.set_ylim(B - 0.5, -0.5)
+    _class_axes(ax, ys)
+    _name_ticks(ax, ys, names)
+    ax.set_xlabel("key sample j, whose feature is borrowed (class)", fontsize=8)
+    ax.set_ylabel("query sample i (class)", fontsize=8)
+    ax.set_title(title + ("\n(left: the batch's images, each class on the rows of its block)" if images is not None else ""),
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="attention weight")
+    return fig
+
+
+def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, title: str = "",
+                ax: plt.Axes | None = None, legend: bool = True) -> plt.Figure:
+    """Mean ± standard deviation over seeds, with every seed as a dot.
+
+    ``values[group][method]`` holds one number per seed (e.g. final R@1); groups (conditions such as
+    "balanced", "long-tailed") go along the x-axis, methods side by side within a group, one
+    colour each. The legend (right of the axes; ``legend=False`` leaves it out, e.g. on all but
+    one panel) says how many seeds each method has; one seed draws no error bar.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(values), 3.4))
+    fig = ax.figure
+    methods = list(dict.fromkeys(m for group in values.values() for m in group))
+    width = 0.7 / max(1, len(methods))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, method in enumerate(methods):
+        xs, means, stds, n_seeds = [], [], [], set()
+        for g, group in enumerate(values.values()):
+            if method not in group:
+                continue
+            v = np.asarray(group[method], dtype=float)
+            x = g + (k - (len(methods) - 1) / 2) * width
+            ax.scatter(np.full(len(v), x), v, s=12, color=colours[k % len(colours)], alpha=0.45, zorder=2)
+            xs.append(x), means.append(v.mean()), stds.append(v.std(ddof=1) if len(v) > 1 else 0.0)
+            n_seeds.add(len(v))
+        seeds = "/".join(str(n) for n in sorted(n_seeds))
+        ax.errorbar(xs, means, yerr=stds, fmt="o", ms=6, capsize=4, color=colours[k % len(colours)], zorder=3,
+                    label=f"{method} (mean ± std, {seeds} seed{'s' if seeds != '1' else ''})")
+    ax.set_xticks(range(len(values)), list(values), fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if legend:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     return fig

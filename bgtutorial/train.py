@@ -39,8 +39,9 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -118,7 +119,7 @@ class Config:
     views: int = 4                     # digits only
     glyph_classes: int = 0             # glyphs only: 0 = every distinct character (about 200); else an evenly spaced subset
     glyph_per_class: int = 60          # glyphs only: images per class (CUB-200 has about 59)
-    data_seed: int = 0                 # glyphs only: the renderings' seed, fixed like CUB's photographs (`seed` varies training)
+    data_seed: int = 0                 # glyphs: the renderings' seed, fixed like CUB's photographs (`seed` varies training); also the long-tailed split's
     fake_classes: int = 20             # fake-cub only
     fake_per_class: int = 8
     label_noise: float = 0.0           # share of training labels flipped (robustness study)
@@ -135,6 +136,8 @@ class Config:
     global_batch: bool = False         # under torchrun: the batch module and the loss see the global batch
     eval_nmi: bool = True
     progress: bool = True
+    imbalance: float = 1.0             # long-tailed training classes: rho = n_max / n_min (1 = as is; Cao et al. 2019)
+    shared_head: bool = True           # False: the module stream gets its own head and its own loss (own proxies)
 
     def validate(self) -> "Config":
         """Raise ``ValueError`` with the fix for a config that cannot run."""
@@ -184,6 +187,13 @@ class Config:
                              f"{self.glyph_per_class} and {self.glyph_classes}")
         if not 0.0 <= self.label_noise < 1.0:
             raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")
+        if self.imbalance < 1.0:
+            raise ValueError(f"imbalance is rho = n_max / n_min, the ratio of the largest to the smallest training "
+                             f"class, so it must be >= 1 (1 keeps the data as is), got {self.imbalance}; "
+                             "try --imbalance 10")
+        if not self.shared_head and self.batch_module == "none":
+            raise ValueError("shared_head=False gives the batch module's stream its own head: it needs a batch "
+                             "module (batch_module='batchformer' or 'bgformer'), or leave shared_head=True")
         return self
 
     @property
@@ -311,6 +321,60 @@ class ClassSubset(Dataset):
         return self.dataset[self.indices[index]]
 
 
+def long_tail_counts(counts: Sequence[int], imbalance: float, seed: int) -> list[int]:
+    """Images to keep per class for an exponential long-tailed profile with ratio ``imbalance``.
+
+    The profile of the long-tailed CIFAR benchmarks (Cao et al. 2019, "Learning Imbalanced Datasets
+    with Label-Distribution-Aware Margin Loss", arXiv 1906.07413, Sec. 4.1):
+    ``n_c = round(n_max * rho ** (-r_c / (C - 1)))``, where ``counts[c]`` holds class c's images,
+    ``n_max = max(counts)``, ``rho = imbalance`` and ``r_c`` is class c's rank (0 = head, C-1 = tail)
+    in a permutation of the C classes seeded by ``seed``. Each class keeps at least 2 images (a
+    positive pair) and never more than it has. ``imbalance=1`` keeps every class whole.
+    """
+    if imbalance < 1.0:
+        raise ValueError(f"imbalance rho = n_max / n_min must be >= 1, got {imbalance}")
+    counts = [int(n) for n in counts]
+    n_classes, n_max = len(counts), max(counts)
+    rank = np.empty(n_classes, dtype=int)
+    rank[np.random.default_rng([seed, 1906]).permutation(n_classes)] = np.arange(n_classes)   # class -> rank
+    out = []
+    for c, have in enumerate(counts):
+        target = n_max * imbalance ** (-rank[c] / max(n_classes - 1, 1))
+        out.append(min(have, max(2, int(round(target)))))
+    return out
+
+
+class IndexSubset(Dataset):
+    """The samples ``indices`` of ``dataset`` (labels unchanged), with ``targets``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+        self.targets = [dataset.targets[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
+def long_tailed(dataset: Dataset, imbalance: float, seed: int) -> Dataset:
+    """A long-tailed subset of a training set (:func:`long_tail_counts`), or ``dataset`` itself for ``imbalance=1``.
+
+    Labels are kept; which images a class keeps is a seeded choice. The same ``seed`` gives the
+    same subset whatever the training seed, so every method and seed trains on one long-tailed split.
+    """
+    if imbalance == 1.0:
+        return dataset
+    targets = np.asarray(dataset.targets)
+    classes = np.unique(targets)
+    members = [np.flatnonzero(targets == c) for c in classes]                    # indices of each class
+    keep = long_tail_counts([len(ix) for ix in members], imbalance, seed)
+    rng = np.random.default_rng([seed, 1906, 1])
+    kept = np.concatenate([rng.choice(ix, n, replace=False) for ix, n in zip(members, keep)])
+    return IndexSubset(dataset, np.sort(kept))
+
+
 def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
     """(train, validation or None, test) datasets of the config, in the zero-shot retrieval protocol.
 
@@ -318,6 +382,9 @@ def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
     classes (evaluation transform, never trained on), following Musgrave et al.'s advice to select
     checkpoints and hyper-parameters on classes that are neither trained on nor tested; the
     remaining training labels stay 0..C-n-1, so the proxies need no relabelling.
+    With ``cfg.imbalance = rho > 1`` the (remaining) training classes are then cut to a long-tailed
+    profile (:func:`long_tailed`, seeded by ``data_seed``); validation and test classes stay whole.
+    Label noise (``label_noise``) comes last, on the images that are kept.
     """
     if cfg.dataset in ("glyphs", "digits"):
         from torchvision import transforms as T
@@ -356,6 +423,8 @@ def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
         held = set(classes[-cfg.val_classes:])
         val = ClassSubset(train_eval, held)
         train = ClassSubset(train, set(classes) - held)
+    if cfg.imbalance != 1.0:       # long-tailed training classes; validation and test stay whole
+        train = long_tailed(train, cfg.imbalance, cfg.data_seed)
     if cfg.label_noise > 0:
         train = _NoisyLabels(train, flip_labels(train.targets, cfg.label_noise, cfg.seed))
     return train, val, test
@@ -371,14 +440,15 @@ def build_net(cfg: Config, with_module: bool = True, pretrained: bool | None = N
     """The config's network; ``with_module=False`` gives the test-time network (no batch module)."""
     return RetrievalNet(cfg.backbone, cfg.embed_dim, cfg.pretrained if pretrained is None else pretrained,
                         cfg.batch_module if with_module else None, cfg.module_kwargs,
-                        normalize=cfg.loss != "hyperbolic", pooling=cfg.pooling, head_init=cfg.head_init)
+                        normalize=cfg.loss != "hyperbolic", pooling=cfg.pooling, head_init=cfg.head_init,
+                        shared_head=cfg.shared_head)
 
 
 def build_model(cfg: Config, num_classes: int) -> tuple[RetrievalNet, MetricLoss]:
     """The network and its loss (with proxies) for a config."""
     loss = MetricLoss(cfg.loss, num_classes, cfg.embed_dim, cfg.margin, cfg.alpha,
                       None if cfg.plain_weight < 0 else cfg.plain_weight, m=cfg.m, tau=cfg.tau, c=cfg.curvature,
-                      clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction)
+                      clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction, separate_module_loss=not cfg.shared_head)
     return build_net(cfg), loss
 
 
@@ -430,9 +500,14 @@ def embed_dataset(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, 
 
     ``outputs="head_and_features"`` returns ``(head output (N, E) before any normalisation,
     backbone features (N, D), labels)`` instead: what the hyperbolic tier evaluates.
+    ``outputs="module_head"`` returns the embeddings (N, E) that the module stream's own head
+    (``shared_head=False``) gives to the *plain* features, which never went through the batch
+    module, and the labels: how that head would do at test time, where the module is dropped.
     """
-    if outputs not in ("embedding", "head_and_features"):
-        raise ValueError(f"outputs must be 'embedding' or 'head_and_features', got {outputs!r}")
+    if outputs not in ("embedding", "head_and_features", "module_head"):
+        raise ValueError(f"outputs must be 'embedding', 'head_and_features' or 'module_head', got {outputs!r}")
+    if outputs == "module_head" and getattr(model, "module_head", None) is None:
+        raise ValueError("outputs='module_head' needs a network with its own module head (shared_head=False)")
     dev = dev or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -447,13 +522,15 @@ def embed_dataset(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, 
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             if outputs == "embedding":
                 heads.append(model(x).float().cpu())
+            elif outputs == "module_head":
+                heads.append(model.embed(model.features(x), head="module").float().cpu())   # (b, E)
             else:
                 f = model.features(x)
                 heads.append(model.head(f).float().cpu())
                 feats.append(f.float().cpu())
         labels.append(torch.as_tensor(y))
     model.train(was_training)
-    if outputs == "embedding":
+    if outputs in ("embedding", "module_head"):
         return torch.cat(heads), torch.cat(labels)
     return torch.cat(heads), torch.cat(feats), torch.cat(labels)
 
