@@ -193,7 +193,8 @@ def attention_heatmap(weights: torch.Tensor, labels: torch.Tensor | None = None,
         if names is not None and len(torch.unique(ys)) <= 20:
             starts = np.flatnonzero(np.r_[True, ys.numpy()[1:] != ys.numpy()[:-1]])
             text = [str(names[int(ys[s])]) for s in starts]
-            ax.set_xticklabels(text, fontsize=7)
+            long = max(len(t) for t in text) > 3
+            ax.set_xticklabels(text, fontsize=7, rotation=35 if long else 0, ha="right" if long else "center")
             ax.set_yticklabels(text, fontsize=7)
     return fig
 
@@ -305,7 +306,7 @@ def class_circle_layout(labels: torch.Tensor) -> np.ndarray:
 
 def directed_graph(adj: torch.Tensor, labels: torch.Tensor, positions: np.ndarray | None = None,
                    images: Sequence[torch.Tensor] | None = None, names: Sequence[str] | None = None,
-                   title: str = "directed kNN graph", thumb_px: int = 44, ax: plt.Axes | None = None) -> plt.Figure:
+                   title: str = "directed kNN graph", thumb_px: int = 36, ax: plt.Axes | None = None) -> plt.Figure:
     """A directed graph over a batch: an arrow i → j for every edge ``adj[i, j]`` (i ≠ j), "i keeps j".
 
     ``adj`` (B, B) bool, row i the samples node i draws from (a kNN graph is directed: i keeping j
@@ -327,9 +328,10 @@ def directed_graph(adj: torch.Tensor, labels: torch.Tensor, positions: np.ndarra
     classes = list(dict.fromkeys(int(c) for c in y[np.argsort(y, kind="stable")]))
     colour = {c: plt.cm.tab10(i % 10) for i, c in enumerate(classes)}
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 6.4))
+        side = min(12.0, max(7.0, 0.5 * b))                   # room between neighbouring thumbnails
+        fig, ax = plt.subplots(figsize=(side + 2.5, side))
     fig = ax.figure
-    gap = thumb_px * 0.45 if images is not None else 6          # arrows stop at the node's edge (points)
+    gap = thumb_px * 0.62 + 3 if images is not None else 6     # arrows stop at the node's frame (points)
     one_way = mutual = 0
     for i in range(b):
         for j in range(b):
@@ -356,11 +358,13 @@ def directed_graph(adj: torch.Tensor, labels: torch.Tensor, positions: np.ndarra
     ax.set_xlim(pos[:, 0].min() - pad, pos[:, 0].max() + pad)
     ax.set_ylim(pos[:, 1].min() - pad, pos[:, 1].max() + pad)
     ax.set_xticks([]), ax.set_yticks([])
-    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_aspect("equal", adjustable="box")
     handles = [Line2D([], [], marker="s", ls="", color=colour[c], markersize=9,
                       label=f"class {names[c] if names is not None else c}") for c in classes[:10]]
-    handles += [Line2D([], [], color="black", marker=">", label=f"i → j: i keeps j, j not i ({one_way})"),
-                Line2D([], [], color="tab:blue", marker="<", label=f"i ↔ j: mutual ({mutual} pairs)")]
+    handles += [Line2D([], [], color="black", ls="", marker=r"$\rightarrow$", markersize=14,
+                       label=f"i → j: i keeps j, j not i ({one_way})"),
+                Line2D([], [], color="tab:blue", ls="", marker=r"$\leftrightarrow$", markersize=14,
+                       label=f"i ↔ j: mutual ({mutual} pairs)")]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
