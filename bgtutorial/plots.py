@@ -194,8 +194,9 @@ def attention_heatmap(weights: torch.Tensor, labels: torch.Tensor | None = None,
             starts = np.flatnonzero(np.r_[True, ys.numpy()[1:] != ys.numpy()[:-1]])
             text = [str(names[int(ys[s])]) for s in starts]
             long = max(len(t) for t in text) > 3
-            ax.set_xticklabels(text, fontsize=7, rotation=35 if long else 0, ha="right" if long else "center")
-            ax.set_yticklabels(text, fontsize=7)
+            size = 7 if long else 10                       # single characters (the glyphs) read larger
+            ax.set_xticklabels(text, fontsize=size, rotation=35 if long else 0, ha="right" if long else "center")
+            ax.set_yticklabels(text, fontsize=size)
     return fig
 
 
