@@ -1,6 +1,7 @@
-"""Comparisons the notebooks call: baseline vs BatchFormer vs BGFormer over seeds and label noise.
+"""Comparisons the notebooks call: baseline vs BatchFormer vs BGFormer over seeds, label noise
+and corrupted training images.
 
-``python -m bgtutorial.experiments --preset glyphs --seeds 0 1 2 --noise 0 0.4 [--force]``
+``python -m bgtutorial.experiments --preset glyphs --seeds 0 1 2 --noise 0 0.4 [--field corrupt] [--force]``
 
 Each run follows "train or load": a finished run's ``history.json`` is read instead of
 training again, so a notebook can re-plot in seconds. A history is returned only for the
@@ -22,7 +23,8 @@ from .models import BATCH_MODULES
 from .train import load_config, train
 from .utils import CLI_ERRORS, bars_disabled
 
-__all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics", "METHODS"]
+__all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
+           "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -45,26 +47,55 @@ def run_or_load(preset: str, out: str | Path, callback=None, force: bool = False
     return train(cfg, resume=not force, callback=callback, force=force)
 
 
+#: the config fields :func:`robustness_study` can sweep: flipped labels, corrupted training images
+ROBUSTNESS_FIELDS = ("label_noise", "corrupt")
+
+
+def run_folder(runs_dir: str | Path, preset: str, method: str, seed: int, label_noise: float = 0.0,
+               corrupt: float = 0.0) -> Path:
+    """The folder :func:`compare` trains ``method`` into: ``<runs>/<preset>-<method>-noise<p>[-corrupt<q>]-seed<s>``.
+
+    Without corrupted images the name is the one it always had (``glyphs-bgformer-noise0-seed0``), so
+    clean runs are shared by every notebook and by both robustness studies.
+    """
+    tail = f"-corrupt{corrupt:g}" if corrupt else ""
+    return Path(runs_dir) / f"{preset}-{method}-noise{label_noise:g}{tail}-seed{seed}"
+
+
 def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0,),
-            label_noise: float = 0.0, progress: bool = True, **overrides: Any) -> dict[str, list[dict[str, Any]]]:
-    """Histories ``{method: [history per seed]}`` for one preset, same seeds and budget for every method."""
+            label_noise: float = 0.0, progress: bool = True, corrupt: float = 0.0,
+            **overrides: Any) -> dict[str, list[dict[str, Any]]]:
+    """Histories ``{method: [history per seed]}`` for one preset, same seeds and budget for every method.
+
+    ``label_noise``: share of training labels flipped; ``corrupt``: share of training images
+    corrupted (``Config.corrupt``). Folders: :func:`run_folder`.
+    """
     out: dict[str, list[dict[str, Any]]] = {}
     jobs = [(m, s) for m in methods for s in seeds]
-    for method, seed in tqdm(jobs, desc=f"{preset} noise={label_noise}", disable=bars_disabled(progress)):
+    desc = f"{preset} noise={label_noise}" + (f" corrupt={corrupt}" if corrupt else "")
+    for method, seed in tqdm(jobs, desc=desc, disable=bars_disabled(progress)):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        folder = Path(runs_dir) / f"{preset}-{method}-noise{label_noise:g}-seed{seed}"
+        folder = run_folder(runs_dir, preset, method, seed, label_noise, corrupt)
         h = run_or_load(preset, folder, seed=seed, batch_module=METHODS[method], label_noise=label_noise,
-                        progress=False, **overrides)
+                        corrupt=corrupt, progress=False, **overrides)
         out.setdefault(method, []).append(h)
     return out
 
 
 def robustness_study(preset: str, runs_dir: str | Path, noise_levels: Sequence[float] = (0.0, 0.2, 0.4),
                      seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] = tuple(METHODS),
-                     **overrides: Any) -> dict[float, dict[str, list[dict[str, Any]]]]:
-    """Train every method with a share p of training labels flipped, for each p: ``{p: {method: [histories]}}``."""
-    return {p: compare(preset, runs_dir, methods, seeds, label_noise=p, **overrides) for p in noise_levels}
+                     field: str = "label_noise", **overrides: Any) -> dict[float, dict[str, list[dict[str, Any]]]]:
+    """Train every method at each level p of ``field``: ``{p: {method: [histories]}}``.
+
+    ``field="label_noise"`` (default): a share p of the training labels flipped; ``field="corrupt"``:
+    a share p of the training images corrupted (occluded or replaced by noise, ``Config.corrupt``).
+    ``noise_levels`` are the levels p of either field. The test split is clean in both. Level 0 of
+    either field is the clean run, the same folder for both (:func:`run_folder`).
+    """
+    if field not in ROBUSTNESS_FIELDS:
+        raise ValueError(f"field must be one of {', '.join(ROBUSTNESS_FIELDS)}, got {field!r}")
+    return {p: compare(preset, runs_dir, methods, seeds, **{field: p}, **overrides) for p in noise_levels}
 
 
 def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any], method: str = "bgformer",
@@ -149,6 +180,30 @@ def head_metrics(run_dir: str | Path, checkpoint: str = "last.pt", with_nmi: boo
     return out
 
 
+def load_run_model(run_dir: str | Path, checkpoint: str = "last.pt", dev=None):
+    """A finished run's config and network *with* its batch module, in eval mode: ``(cfg, net)``.
+
+    The weights are the last epoch's (``last.pt``). ``net.batch_module`` is the trained BGFormer or
+    BatchFormer (``None`` for the baseline); ``net.features(images)`` gives the backbone's pooled
+    features (B, D) that the module reads.
+    """
+    import dataclasses
+
+    from .train import Config, build_net
+    from .utils import device
+
+    run_dir = Path(run_dir)
+    saved = stored_config(run_dir)
+    if saved is None:
+        raise FileNotFoundError(f"{run_dir} holds no finished run; train it first (experiments.run_or_load)")
+    names = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{k: v for k, v in saved.items() if k in names})
+    dev = dev or device(cfg.device or None)
+    net = build_net(cfg, pretrained=False).to(dev)
+    net.load_state_dict(load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"])
+    return cfg, net.eval()
+
+
 def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> dict[str, tuple[float, float, int]]:
     """``{method: (mean, std, n)}`` of the final-epoch metric over seeds (std 0 for one seed)."""
     out = {}
@@ -164,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="glyphs")
     p.add_argument("--runs", default="runs/study")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--noise", type=float, nargs="+", default=[0.0])
+    p.add_argument("--noise", type=float, nargs="+", default=[0.0], help="levels of --field")
+    p.add_argument("--field", choices=ROBUSTNESS_FIELDS, default="label_noise",
+                   help="label_noise: share of labels flipped; corrupt: share of training images corrupted")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--force", action="store_true",
@@ -172,11 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     extra = {"epochs": a.epochs} if a.epochs is not None else {}
     try:
-        study = robustness_study(a.preset, a.runs, a.noise, a.seeds, a.methods, force=a.force, **extra)
+        study = robustness_study(a.preset, a.runs, a.noise, a.seeds, a.methods, field=a.field, force=a.force, **extra)
     except CLI_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"| preset | label noise | method | R@1 mean ± std | MAP@R mean ± std | seeds |")
+    print(f"| preset | {a.field.replace('_', ' ')} | method | R@1 mean ± std | MAP@R mean ± std | seeds |")
     print("|---|---|---|---|---|---|")
     for noise, res in study.items():
         r1, mapr = summarise(res, "R@1"), summarise(res, "MAP@R")

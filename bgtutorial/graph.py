@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-__all__ = ["visual_graph", "semantic_graph", "normalize_adjacency", "same_label_share", "BatchGraph"]
+__all__ = ["visual_graph", "semantic_graph", "normalize_adjacency", "same_label_share", "other_class_mass", "BatchGraph"]
 
 
 @torch.no_grad()
@@ -76,6 +76,22 @@ def same_label_share(adj: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     edge = (adj != 0) & ~torch.eye(y.shape[0], dtype=torch.bool, device=adj.device)
     same = rearrange(y, "i -> i 1") == rearrange(y, "j -> 1 j")            # (B, B)
     return (edge & same).sum((-2, -1)) / edge.sum((-2, -1))
+
+
+def other_class_mass(attn: torch.Tensor, labels: torch.Tensor, mean: bool = False) -> torch.Tensor:
+    """Per query, the attention mass that lands on samples of *other* classes.
+
+    ``attn`` (..., B, B): rows are queries i, columns keys j, each row summing to 1 (softmax or
+    top-K weights, e.g. one matrix per head); ``labels`` (B,). Returns
+    ``m[..., i] = sum_j attn[..., i, j] · [y_j != y_i]``, shape (..., B), in [0, 1]; with
+    ``mean=True`` the average over the queries, shape (...). Uniform attention over a batch of
+    m samples per class gives (B - m) / B; 0 means every query draws only on its own class.
+    """
+    if labels.ndim != 1 or attn.shape[-2:] != (labels.shape[0], labels.shape[0]):
+        raise ValueError(f"attn must be (..., B, B) and labels (B,), got {tuple(attn.shape)} and {tuple(labels.shape)}")
+    other = rearrange(labels, "i -> i 1") != rearrange(labels, "j -> 1 j")          # (B, B) bool
+    mass = (attn.float() * other.to(attn.device)).sum(-1)                             # (..., B)
+    return mass.mean(-1) if mean else mass
 
 
 @dataclass

@@ -13,7 +13,8 @@ from .data.cub import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["to_display", "image_grid", "class_balance", "plot_history", "compare_histories",
            "retrieval_gallery", "embedding_projection", "attention_heatmap", "head_graphs", "class_name",
-           "two_stream_diagram", "coupling_maps", "batch_attention", "seed_spread"]
+           "two_stream_diagram", "coupling_maps", "batch_attention", "seed_spread",
+           "robustness_curves", "class_circle_layout", "directed_graph"]
 
 
 def to_display(img: torch.Tensor) -> np.ndarray:
@@ -162,19 +163,41 @@ def embedding_projection(embeddings: torch.Tensor, labels: torch.Tensor, method:
     return fig
 
 
-def attention_heatmap(weights: torch.Tensor, labels: torch.Tensor | None = None, title: str = "attention") -> plt.Figure:
-    """A (B, B) attention or adjacency matrix, samples sorted by label so class blocks show."""
+def attention_heatmap(weights: torch.Tensor, labels: torch.Tensor | None = None, title: str = "attention",
+                      names: Sequence[str] | None = None, ax: plt.Axes | None = None,
+                      colorbar_label: str = "weight") -> plt.Figure:
+    """A (B, B) attention or adjacency matrix: row i = query sample i, column j = key sample j.
+
+    With ``labels`` (B,) the samples are sorted by class (stable), red lines mark the class
+    boundaries and the ticks name the classes (``names[label]`` when given, e.g. a dataset's
+    ``classes``; with more than 20 classes only the lines). ``ax``: draw into an existing axes.
+    """
     w = weights.detach().float().cpu()
+    if w.ndim != 2 or w.shape[0] != w.shape[1]:
+        raise ValueError(f"attention_heatmap expects a (B, B) matrix, got shape {tuple(w.shape)}")
+    ys = None
     if labels is not None:
-        order = torch.argsort(torch.as_tensor(labels), stable=True)
-        w = w[order][:, order]
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    im = ax.imshow(w.numpy(), cmap="viridis")
-    fig.colorbar(im, ax=ax)
-    ax.set_title(title)
-    ax.set_xlabel("key sample")
-    ax.set_ylabel("query sample")
-    fig.tight_layout()
+        ys = torch.as_tensor(labels).cpu()
+        order = torch.argsort(ys, stable=True)
+        w, ys = w[order][:, order], ys[order]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.6, 3.9))
+    fig = ax.figure
+    im = ax.imshow(w.numpy(), cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=colorbar_label)
+    ax.set_title(title, fontsize=9)
+    suffix = " (sorted by class)" if ys is not None else ""
+    ax.set_xlabel("key sample j" + suffix, fontsize=8)
+    ax.set_ylabel("query sample i" + suffix, fontsize=8)
+    if ys is not None:
+        _class_axes(ax, ys.numpy())
+        if names is not None and len(torch.unique(ys)) <= 20:
+            starts = np.flatnonzero(np.r_[True, ys.numpy()[1:] != ys.numpy()[:-1]])
+            text = [str(names[int(ys[s])]) for s in starts]
+            long = max(len(t) for t in text) > 3
+            size = 7 if long else 10                       # single characters (the glyphs) read larger
+            ax.set_xticklabels(text, fontsize=size, rotation=35 if long else 0, ha="right" if long else "center")
+            ax.set_yticklabels(text, fontsize=size)
     return fig
 
 
@@ -448,5 +471,120 @@ def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, titl
     if legend:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_curves(study: dict, metric: str = "R@1", xlabel: str = "share of training labels flipped",
+                      title: str | None = None, ax: plt.Axes | None = None) -> plt.Figure:
+    """Final-epoch ``metric`` against the corruption level, one line per method, mean ± std over seeds.
+
+    ``study`` is ``{level: {method: [history per seed]}}`` as ``experiments.robustness_study``
+    returns. Error bars are the sample standard deviation over seeds (none with one seed); the
+    methods are nudged sideways a little so their bars do not hide each other. The legend names
+    each method and its number of seeds.
+    """
+    levels = sorted(study)
+    methods = list(dict.fromkeys(m for lv in levels for m in study[lv]))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig = ax.figure
+    span = (levels[-1] - levels[0]) if len(levels) > 1 else 1.0
+    for n, method in enumerate(methods):
+        xs, means, stds, seeds = [], [], [], set()
+        for lv in levels:
+            hs = study[lv].get(method, [])
+            if not hs:
+                continue
+            vals = np.array([h["epochs"][-1][metric] for h in hs], dtype=float)
+            xs.append(lv + (n - (len(methods) - 1) / 2) * 0.012 * span)
+            means.append(vals.mean())
+            stds.append(vals.std(ddof=1) if len(vals) > 1 else 0.0)
+            seeds.add(len(vals))
+        counts = "/".join(str(c) for c in sorted(seeds))
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, lw=1.5,
+                    label=f"{method} ({counts} seed{'s' if seeds != {1} else ''})")
+    ax.set_xticks(levels, [f"{lv:g}" for lv in levels])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"test {metric} (unseen classes)")
+    ax.set_title(title or f"{metric}: mean ± std over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def class_circle_layout(labels: torch.Tensor) -> np.ndarray:
+    """2-D positions (B, 2) on a circle, samples sorted by class so each class is an arc."""
+    y = np.asarray(torch.as_tensor(labels).cpu())
+    order = np.argsort(y, kind="stable")
+    angle = np.empty(len(y))
+    angle[order] = 2 * np.pi * np.arange(len(y)) / len(y)
+    return np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+
+def directed_graph(adj: torch.Tensor, labels: torch.Tensor, positions: np.ndarray | None = None,
+                   images: Sequence[torch.Tensor] | None = None, names: Sequence[str] | None = None,
+                   title: str = "directed kNN graph", thumb_px: int = 36, ax: plt.Axes | None = None) -> plt.Figure:
+    """A directed graph over a batch: an arrow i → j for every edge ``adj[i, j]`` (i ≠ j), "i keeps j".
+
+    ``adj`` (B, B) bool, row i the samples node i draws from (a kNN graph is directed: i keeping j
+    does not make j keep i). One-way edges are black arrows; mutual pairs (i keeps j *and* j keeps
+    i) one blue double-headed arrow. Nodes sit at ``positions`` (B, 2) (default
+    :func:`class_circle_layout`), drawn as thumbnails of ``images`` ((3, H, W) each, ``thumb_px``
+    pixels wide) framed in their class colour, or as coloured dots; the legend names the classes
+    (``names[label]`` when given). Self-loops are not drawn.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    a = torch.as_tensor(adj).detach().cpu().bool().numpy()
+    y = np.asarray(torch.as_tensor(labels).cpu())
+    pos = class_circle_layout(labels) if positions is None else np.asarray(positions, dtype=float)
+    b = len(y)
+    if a.shape != (b, b) or pos.shape != (b, 2):
+        raise ValueError(f"adj must be (B, B) and positions (B, 2) for B = {b} labels, got {a.shape} and {pos.shape}")
+    classes = list(dict.fromkeys(int(c) for c in y[np.argsort(y, kind="stable")]))
+    colour = {c: plt.cm.tab10(i % 10) for i, c in enumerate(classes)}
+    if ax is None:
+        side = min(12.0, max(7.0, 0.5 * b))                   # room between neighbouring thumbnails
+        fig, ax = plt.subplots(figsize=(side + 2.5, side))
+    fig = ax.figure
+    gap = thumb_px * 0.62 + 3 if images is not None else 6     # arrows stop at the node's frame (points)
+    one_way = mutual = 0
+    for i in range(b):
+        for j in range(b):
+            if i == j or not a[i, j]:
+                continue
+            both = bool(a[j, i])
+            if both and j < i:
+                continue                                        # drawn once, from the lower index
+            ax.annotate("", xy=pos[j], xytext=pos[i], zorder=1,
+                        arrowprops=dict(arrowstyle="<|-|>" if both else "-|>", color="tab:blue" if both else "black",
+                                        lw=1.2 if both else 0.9, alpha=0.75, shrinkA=gap, shrinkB=gap,
+                                        mutation_scale=11))
+            mutual += both
+            one_way += not both
+    if images is not None:
+        for i in range(b):
+            img = to_display(images[i])
+            box = AnnotationBbox(OffsetImage(img, zoom=thumb_px / img.shape[1]), pos[i], zorder=2, pad=0.15,
+                                 bboxprops=dict(edgecolor=colour[int(y[i])], lw=2.5))
+            ax.add_artist(box)
+    else:
+        ax.scatter(pos[:, 0], pos[:, 1], c=[colour[int(c)] for c in y], s=80, zorder=2, edgecolors="black")
+    pad = 0.12 * max(np.ptp(pos[:, 0]), np.ptp(pos[:, 1]), 1e-9)
+    ax.set_xlim(pos[:, 0].min() - pad, pos[:, 0].max() + pad)
+    ax.set_ylim(pos[:, 1].min() - pad, pos[:, 1].max() + pad)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_aspect("equal", adjustable="box")
+    handles = [Line2D([], [], marker="s", ls="", color=colour[c], markersize=9,
+                      label=f"class {names[c] if names is not None else c}") for c in classes[:10]]
+    handles += [Line2D([], [], color="black", ls="", marker=r"$\rightarrow$", markersize=14,
+                       label=f"i → j: i keeps j, j not i ({one_way})"),
+                Line2D([], [], color="tab:blue", ls="", marker=r"$\leftrightarrow$", markersize=14,
+                       label=f"i ↔ j: mutual ({mutual} pairs)")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

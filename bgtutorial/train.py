@@ -138,6 +138,15 @@ class Config:
     progress: bool = True
     imbalance: float = 1.0             # long-tailed training classes: rho = n_max / n_min (1 = as is; Cao et al. 2019)
     shared_head: bool = True           # False: the module stream gets its own head and its own loss (own proxies)
+    # Corrupted training images (robustness study): a fixed share of the TRAINING images (the test
+    # split and the validation classes stay clean) is corrupted, each either occluded (a random
+    # square patch, 40-70 % of the side, so 16-49 % of the area, replaced by uniform noise) or
+    # replaced entirely by noise, half and half by a seeded draw. Which images, which kind, where
+    # the patch sits and the noise itself are a pure function of (data_seed, index): the same
+    # images are corrupted in every epoch, for every method and every training seed, like
+    # photographs that are bad in the data set. Applied after the augmentation; the noise spans
+    # each channel's own range in that image (:func:`corrupt_plan`, :func:`corrupt_image`).
+    corrupt: float = 0.0               # share p in [0, 1] of training images corrupted (0: none)
 
     def validate(self) -> "Config":
         """Raise ``ValueError`` with the fix for a config that cannot run."""
@@ -194,6 +203,8 @@ class Config:
         if not self.shared_head and self.batch_module == "none":
             raise ValueError("shared_head=False gives the batch module's stream its own head: it needs a batch "
                              "module (batch_module='batchformer' or 'bgformer'), or leave shared_head=True")
+        if not 0.0 <= self.corrupt <= 1.0:
+            raise ValueError(f"corrupt must be in [0, 1] (the share of training images corrupted), got {self.corrupt}")
         return self
 
     @property
@@ -304,6 +315,75 @@ def flip_labels(targets: list[int], share: float, seed: int) -> list[int]:
     shift = torch.randint(1, n_cls, (len(flip),), generator=g)
     y[flip] = (y[flip] + shift) % n_cls
     return y.tolist()
+
+
+#: the two kinds of corruption; ``"occlude"``: a square patch of noise, ``"noise"``: the whole image
+CORRUPTIONS = ("occlude", "noise")
+#: side of the occluding square as a share of the image side: drawn uniformly in this range
+OCCLUDE_SIDE = (0.4, 0.7)
+
+
+def corrupt_plan(n: int, share: float, seed: int) -> dict[int, str]:
+    """Which of ``n`` images are corrupted and how: ``{index: "occlude" | "noise"}`` (seeded).
+
+    ``round(share * n)`` indices, drawn without replacement; each gets a kind by a fair seeded
+    coin. A pure function of (n, share, seed). ``share`` outside [0, 1] raises ``ValueError``.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the corrupted share must be in [0, 1], got {share}")
+    g = torch.Generator().manual_seed(20_000 + seed)
+    chosen = torch.randperm(n, generator=g)[: round(share * n)]
+    kinds = torch.randint(0, len(CORRUPTIONS), (len(chosen),), generator=g)
+    return {int(i): CORRUPTIONS[int(c)] for i, c in zip(chosen, kinds)}
+
+
+def corrupt_image(x: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
+    """A corrupted copy of image ``x`` (C, H, W); ``kind`` "occlude" or "noise"; seeded by ``seed``.
+
+    The noise is uniform between each channel's smallest and largest value in ``x`` (so it stays
+    in the image's range, normalised or not). "occlude" replaces a square whose side is a share
+    in :data:`OCCLUDE_SIDE` of the shorter image side, at a uniformly drawn position; "noise"
+    replaces every pixel. Deterministic: the same (x, kind, seed) gives the same image.
+    """
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"kind must be one of {', '.join(CORRUPTIONS)}, got {kind!r}")
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = x.shape
+    lo = x.amin(dim=(1, 2), keepdim=True)                          # (C, 1, 1)
+    hi = x.amax(dim=(1, 2), keepdim=True)
+    noise = lo + (hi - lo) * torch.rand(c, h, w, generator=g, dtype=torch.float32).to(x.dtype)   # (C, H, W)
+    if kind == "noise":
+        return noise
+    frac = OCCLUDE_SIDE[0] + (OCCLUDE_SIDE[1] - OCCLUDE_SIDE[0]) * float(torch.rand(1, generator=g))
+    side = max(1, round(frac * min(h, w)))
+    top = int(torch.randint(0, h - side + 1, (1,), generator=g))
+    left = int(torch.randint(0, w - side + 1, (1,), generator=g))
+    out = x.clone()
+    out[:, top:top + side, left:left + side] = noise[:, top:top + side, left:left + side]
+    return out
+
+
+class CorruptedImages(Dataset):
+    """``dataset`` with the images of :func:`corrupt_plan` corrupted (labels and ``targets`` unchanged).
+
+    ``plan`` maps index -> kind; image ``i``'s corruption is seeded by ``(seed, i)``, so it is the
+    same in every epoch (the augmentation before it still varies).
+    """
+
+    def __init__(self, dataset: Dataset, share: float, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.targets = list(dataset.targets)
+        self.plan = corrupt_plan(len(dataset), share, seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        kind = self.plan.get(index)
+        if kind is None:
+            return x, y
+        return corrupt_image(x, kind, (self.seed * 1_000_003 + index) % 2**62), y
 
 
 class ClassSubset(Dataset):
@@ -425,6 +505,8 @@ def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
         train = ClassSubset(train, set(classes) - held)
     if cfg.imbalance != 1.0:       # long-tailed training classes; validation and test stay whole
         train = long_tailed(train, cfg.imbalance, cfg.data_seed)
+    if cfg.corrupt > 0:            # seeded by data_seed: the same images for every method and training seed
+        train = CorruptedImages(train, cfg.corrupt, cfg.data_seed)
     if cfg.label_noise > 0:
         train = _NoisyLabels(train, flip_labels(train.targets, cfg.label_noise, cfg.seed))
     return train, val, test

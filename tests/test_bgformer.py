@@ -401,3 +401,37 @@ def test_integration_in_retrieval_net():
     with torch.no_grad():
         net(img)
     assert calls == []
+
+
+# ------------------------------------------------------------------- attention on other classes
+def test_other_class_mass_matches_a_loop():
+    from bgtutorial.graph import other_class_mass
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 0])
+    attn = torch.randn(2, 4, 7, 7, generator=g).softmax(-1)           # (..., B, B), rows sum to 1
+    ref = torch.zeros(2, 4, 7)
+    for a in range(2):
+        for h in range(4):
+            for i in range(7):
+                ref[a, h, i] = sum(float(attn[a, h, i, j]) for j in range(7) if y[j] != y[i])
+    torch.testing.assert_close(other_class_mass(attn, y), ref)
+    torch.testing.assert_close(other_class_mass(attn, y, mean=True), ref.mean(-1))
+    uniform = torch.full((7, 7), 1 / 7)
+    torch.testing.assert_close(other_class_mass(uniform, y), torch.tensor([4, 4, 4, 4, 4, 6, 4]) / 7)
+    same_only = semantic_graph(y).float()
+    assert other_class_mass(same_only / same_only.sum(1, keepdim=True), y).abs().max() == 0
+    with pytest.raises(ValueError, match="labels"):
+        other_class_mass(attn, y[:5])
+
+
+def test_top_k_attention_puts_less_mass_on_other_classes_when_it_keeps_the_class(xy):
+    """A head whose logits rank classmates first: top-K with K = class size removes all other-class mass."""
+    from bgtutorial.graph import other_class_mass
+
+    _, y = xy
+    logits = semantic_graph(y).float() * 5 + torch.randn(12, 12, generator=torch.Generator().manual_seed(1)) * 0.1
+    full = topk_attention_weights(logits, 12)
+    sparse = topk_attention_weights(logits, 1)                        # the best logit is a classmate
+    assert float(other_class_mass(full, y, mean=True)) > 0.01
+    assert float(other_class_mass(sparse, y, mean=True)) == 0.0

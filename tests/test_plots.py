@@ -71,3 +71,71 @@ def test_gallery_titles_and_projection_labels_are_the_class_names():
     emb = torch.randn(len(many), 4, generator=torch.Generator().manual_seed(1))
     fig = embedding_projection(emb, torch.tensor(many.targets), names=many.classes)
     assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(many.classes)
+
+
+def _history(r1):
+    return {"epochs": [{"epoch": 1, "R@1": r1}]}
+
+
+def test_robustness_curves_draw_mean_and_std_per_method():
+    from bgtutorial.plots import robustness_curves
+
+    study = {0.0: {"baseline": [_history(0.5), _history(0.7)], "bgformer": [_history(0.6), _history(0.6)]},
+             0.4: {"baseline": [_history(0.2), _history(0.4)], "bgformer": [_history(0.5), _history(0.3)]}}
+    fig = robustness_curves(study, xlabel="share of training images corrupted")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "share of training images corrupted" and "R@1" in ax.get_ylabel()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["baseline (2 seeds)", "bgformer (2 seeds)"]
+    base = ax.containers[0]                                           # ErrorbarContainer of the first method
+    line, _, (bars,) = base
+    assert list(line.get_ydata()) == pytest.approx([0.6, 0.3])       # means over seeds
+    segments = bars.get_segments()
+    half = [(s[1][1] - s[0][1]) / 2 for s in segments]
+    assert half == pytest.approx([0.1414213, 0.1414213], rel=1e-5)   # sample std of (0.5, 0.7) and (0.2, 0.4)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.4"]
+    plt.close(fig)
+
+
+def test_attention_heatmap_sorts_by_class_and_draws_boundaries():
+    from bgtutorial.plots import attention_heatmap
+
+    y = torch.tensor([1, 0, 1, 0, 2])
+    w = torch.arange(25.0).reshape(5, 5)
+    fig = attention_heatmap(w, y, names=["Ж", "ա", "ß"])
+    ax = fig.axes[0]
+    order = torch.argsort(y, stable=True)
+    assert (ax.images[0].get_array() == w[order][:, order].numpy()).all()
+    assert ax.get_xlabel().startswith("key sample j") and ax.get_ylabel().startswith("query sample i")
+    vertical = sorted({ln.get_xdata()[0] for ln in ax.lines if ln.get_xdata()[0] == ln.get_xdata()[1]})
+    assert vertical == pytest.approx([1.5, 3.5])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Ж", "ա", "ß"]
+    plain = attention_heatmap(w)                                      # no labels: no sorting, no lines
+    assert not plain.axes[0].lines and plain.axes[0].get_xlabel() == "key sample j"
+    plt.close("all")
+
+
+def test_directed_graph_draws_one_arrow_per_edge_and_marks_mutual_pairs():
+    from bgtutorial.plots import class_circle_layout, directed_graph
+
+    adj = torch.eye(4, dtype=torch.bool)
+    adj[0, 1] = adj[1, 0] = True                                      # mutual
+    adj[2, 0] = True                                                  # 2 keeps 0, 0 does not keep 2
+    adj[3, 2] = True
+    y = torch.tensor([0, 0, 1, 1])
+    fig = directed_graph(adj, y, names=["a", "b"], title="kNN")
+    ax = fig.axes[0]
+    arrows = [t for t in ax.texts if t.arrow_patch is not None]
+    styles = sorted(type(a.arrow_patch.get_arrowstyle()).__name__ for a in arrows)
+    assert len(arrows) == 3 and styles.count("CurveFilledAB") == 1   # 2 one-way + 1 mutual (drawn once)
+    one_way = [a for a in arrows if type(a.arrow_patch.get_arrowstyle()).__name__ == "CurveFilledB"]
+    ends = sorted((tuple(a.xyann), tuple(a.xy)) for a in one_way)
+    pos = class_circle_layout(y)                                      # the default layout
+    assert ends == sorted([(tuple(pos[2]), tuple(pos[0])), (tuple(pos[3]), tuple(pos[2]))])   # tail i, head j
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:2] == ["class a", "class b"] and "(2)" in legend[2] and "(1 pairs)" in legend[3]
+    imgs = [torch.rand(3, 8, 8) for _ in range(4)]
+    fig = directed_graph(adj, y, images=imgs, thumb_px=40)
+    boxes = [c for c in fig.axes[0].artists]
+    assert len(boxes) == 4 and boxes[0].offsetbox.get_zoom() == pytest.approx(5.0)
+    plt.close("all")
