@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 from bgtutorial.bgformer import BGFormer  # noqa: E402
 from bgtutorial.graph import visual_graph  # noqa: E402
-from bgtutorial.plots import class_name, embedding_projection, head_graphs, retrieval_gallery  # noqa: E402
+from bgtutorial.plots import class_name, compare_histories, embedding_projection, head_graphs, retrieval_gallery  # noqa: E402
 
 
 def test_head_graphs_panels_order_and_boundaries():
@@ -71,3 +71,58 @@ def test_gallery_titles_and_projection_labels_are_the_class_names():
     emb = torch.randn(len(many), 4, generator=torch.Generator().manual_seed(1))
     fig = embedding_projection(emb, torch.tensor(many.targets), names=many.classes)
     assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(many.classes)
+
+
+def _history(module, batch_size=120, losses=(3.0, 2.5, 2.0, 1.8), r1=(0.1, 0.3, 0.4), plain_weight=-1.0):
+    """A two-epoch history as train() writes it: two steps per epoch, R@1 and MAP@R per epoch."""
+    steps = [{"epoch": i // 2, "batch": i % 2, "loss": v} for i, v in enumerate(losses)]
+    epochs = [{"epoch": e + 1, "loss": (losses[2 * e] + losses[2 * e + 1]) / 2, "R@1": r1[e + 1],
+               "MAP@R": r1[e + 1] / 2} for e in range(2)]
+    return {"config": {"batch_size": batch_size, "batch_module": module, "plain_weight": plain_weight},
+            "initial": {"R@1": r1[0], "MAP@R": r1[0] / 2}, "steps": steps, "epochs": epochs}
+
+
+def test_compare_histories_never_puts_losses_of_different_batches_on_one_panel():
+    runs = {"baseline": _history("none"), "batchformer": _history("batchformer", losses=(6.0, 5.0, 4.0, 3.5)),
+            "bgformer": _history("bgformer", plain_weight=0.01)}
+    fig = compare_histories(runs)                                       # default: the metrics only
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split(" (")[0] for ax in titled] == ["R@1", "MAP@R"]
+    assert not any("loss" in ax.get_title().lower() or "loss" in ax.get_ylabel().lower() for ax in fig.axes)
+    for ax in titled:                                                   # one curve per run, named in the legend
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert [t.split(":")[0] for t in legend] == list(runs) and all("unseen" in t for t in legend)
+    xs, ys = titled[0].lines[1].get_data()
+    assert list(xs) == [0, 1, 2] and list(ys) == [0.1, 0.3, 0.4]
+    plt.close(fig)
+
+    fig = compare_histories(runs, with_loss=True)                       # one loss panel per run, never shared
+    loss_axes = [ax for ax in fig.axes if "loss" in ax.get_title()]
+    assert len(loss_axes) == 3
+    for ax, (name, h) in zip(loss_axes, runs.items()):
+        assert ax.get_title().startswith(f"{name}: training loss")
+        per_step = [ln for ln in ax.lines if ln.get_label() == "train loss per step"]
+        assert len(per_step) == 1 and list(per_step[0].get_ydata()) == [s["loss"] for s in h["steps"]]
+    assert "B=120 plain samples" in loss_axes[0].get_title()
+    assert "2B=240 samples" in loss_axes[1].get_title() and "batchformer" in loss_axes[1].get_title()
+    assert "weighted 0.01 : 0.99" in loss_axes[2].get_title()
+    plt.close(fig)
+
+
+def test_plot_history_labels_train_and_eval_curves():
+    from bgtutorial.plots import loss_batch_note, plot_history
+
+    h = _history("batchformer", batch_size=16)
+    fig = plot_history(h)
+    loss_ax, r1_ax = fig.axes[0], fig.axes[1]
+    assert "2B=32 samples" in loss_ax.get_title()
+    labels = [ln.get_label() for ln in loss_ax.lines]
+    assert labels == ["train loss per step", "train loss, epoch mean"]
+    xs, ys = loss_ax.lines[1].get_data()
+    assert list(xs) == [1, 3] and list(ys) == [2.75, 1.9]               # the mean drawn at each epoch's last step
+    assert "unseen test classes" in r1_ax.lines[0].get_label()
+    plt.close(fig)
+    assert loss_batch_note({"config": {"batch_size": 900, "batch_module": "none", "loss": "hyperbolic"}}) \
+        == "B=900 plain samples"
+    assert "weighted 0.5 : 0.5" in loss_batch_note({"config": {"batch_size": 9, "batch_module": "bgformer",
+                                                               "loss": "hyperbolic"}})
