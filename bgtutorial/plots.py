@@ -307,3 +307,42 @@ def _metric_panel(ax: plt.Axes, history: dict, metric: str, label: str | None = 
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} (evaluation)", fontsize=9)
+
+
+def embedding_projections(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], names: Sequence[str] | None = None,
+                          method: str = "pca", suptitle: str = "") -> plt.Figure:
+    """Several 2-D projections side by side, one panel per ``{title: (embeddings (N, E), labels (N,))}``.
+
+    Each panel is projected on its own (PCA, or t-SNE with ``method="tsne"``); a class keeps its
+    colour in every panel, and one legend names the classes (``names[label]``, e.g. a dataset's
+    ``classes``). Meant for a few classes (up to 20): with many more no colour can be told apart.
+    """
+    labels_all = sorted({int(v) for _, y in panels.values() for v in np.asarray(y)})
+    cmap = plt.get_cmap("tab10" if len(labels_all) <= 10 else "tab20")
+    colour = {c: cmap(i % cmap.N) for i, c in enumerate(labels_all)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels) + 1.6, 4.2), squeeze=False)
+    for ax, (title, (emb, y)) in zip(axes[0], panels.items()):
+        x = torch.as_tensor(emb).detach().float().cpu()                  # (N, E)
+        if method == "pca":
+            x = x - x.mean(0)
+            _, _, v = torch.pca_lowrank(x, q=2, center=False)
+            xy = (x @ v[:, :2]).numpy()                                  # (N, 2)
+        elif method == "tsne":
+            from sklearn.manifold import TSNE
+            xy = TSNE(2, init="pca", random_state=0, perplexity=min(30, len(x) - 1)).fit_transform(x.numpy())
+        else:
+            raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+        yy = np.asarray(y)
+        for c in labels_all:
+            sel = yy == c
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=colour[c],
+                           label=str(names[c]) if names is not None else str(c))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"{method.upper()} 1"), ax.set_ylabel(f"{method.upper()} 2")
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="class", markerscale=1.5)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig

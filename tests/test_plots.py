@@ -126,3 +126,17 @@ def test_plot_history_labels_train_and_eval_curves():
         == "B=900 plain samples"
     assert "weighted 0.5 : 0.5" in loss_batch_note({"config": {"batch_size": 9, "batch_module": "bgformer",
                                                                "loss": "hyperbolic"}})
+
+
+def test_embedding_projections_keep_one_colour_per_class_and_name_it():
+    from bgtutorial.plots import embedding_projections
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    panels = {"untrained": (torch.randn(6, 5, generator=g), y), "trained": (torch.randn(6, 5, generator=g), y)}
+    fig = embedding_projections(panels, names=["Ж", "ա", "ß"])
+    assert [ax.get_title() for ax in fig.axes] == ["untrained", "trained"]
+    colours = [[tuple(c.get_facecolor()[0]) for c in ax.collections] for ax in fig.axes]
+    assert colours[0] == colours[1] and len(set(colours[0])) == 3
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["Ж", "ա", "ß"]
+    plt.close(fig)
