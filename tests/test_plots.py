@@ -140,3 +140,33 @@ def test_embedding_projections_keep_one_colour_per_class_and_name_it():
     assert colours[0] == colours[1] and len(set(colours[0])) == 3
     assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["Ж", "ա", "ß"]
     plt.close(fig)
+
+
+def test_ablation_plot_draws_means_seeds_and_the_baseline():
+    from bgtutorial.plots import ablation_plot
+
+    fig = ablation_plot({0.0: [0.2, 0.4], 1.0: [0.5, 0.7]}, baseline=[0.3, 0.5], xlabel="λ",
+                        title="glyphs-quick, 12 epochs, seeds 0 1")
+    ax = fig.axes[0]
+    (bars,) = ax.containers
+    assert bars.get_label() == "mean ± std over 2 seeds"
+    assert list(bars.lines[0].get_ydata()) == pytest.approx([0.3, 0.6])
+    base = [ln for ln in ax.lines if ln.get_label().startswith("baseline")][0]
+    assert base.get_ydata()[0] == pytest.approx(0.4)
+    assert ax.get_title() == "glyphs-quick, 12 epochs, seeds 0 1"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0", "1.0"]
+    plt.close(fig)
+
+
+def test_poincare_figure_draws_the_ball_and_the_clip_radius():
+    from bgtutorial.plots import poincare_figure
+
+    fig = poincare_figure(c=0.1, clip_r=2.3, n=50)
+    ball = fig.axes[1]
+    radii = sorted(p.get_radius() for p in ball.patches)
+    clip_image = float(torch.tanh(torch.tensor(0.1 ** 0.5 * 2.3))) / 0.1 ** 0.5      # tanh(√c r)/√c
+    assert radii == pytest.approx([clip_image, 0.1 ** -0.5])
+    (clipped,) = [c for c in ball.collections if c.get_label().startswith("clipped")]
+    norms = torch.tensor(clipped.get_offsets()).norm(dim=1)
+    assert (norms <= clip_image + 1e-9).all() and (norms > clip_image - 1e-6).any()   # on or inside the clip image
+    plt.close(fig)
