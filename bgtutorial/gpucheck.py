@@ -31,7 +31,7 @@ from .models import BATCH_MODULES
 from .precision import Precision
 from .train import build_model, load_config, train
 
-__all__ = ["check_tier", "largest_batch", "module_share", "main"]
+__all__ = ["check_tier", "largest_batch", "module_share", "estimate_train_gib", "batch_that_fits", "main"]
 
 TIERS = ("cub-resnet50", "cub-vits")
 
@@ -157,6 +157,76 @@ def check_tier(tier: str, method: str, data_root: Path, steps: int, dev: torch.d
     row.update(module_share(cfg, dev, repeats=3 if tiny else 10))
     row["largest_batch"] = largest_batch(cfg, dev) if method == "none" else None
     return row
+
+
+def estimate_train_gib(cfg, batch_size: int | None = None, margin: float = 1.25, context_gib: float = 0.5,
+                       precision: str | None = None) -> dict[str, float]:
+    """An *estimate*, made on the CPU, of the GPU memory one training step of ``cfg`` takes; not a
+    measurement (``make gpu-check`` measures the real peak on a GPU, docs/gpu-runs.md).
+
+    Two forward passes of the preset's network and loss (random weights, nothing downloaded), at one
+    and two classes of ``m`` images, count the bytes autograd keeps for the backward pass (tensors that
+    are parameters are left out); the difference gives the bytes per image, the rest the fixed part.
+    ``precision``: "fp32", or 16-bit ("bf16"/"fp16", the default on a GPU under ``precision="auto"``,
+    probed with bf16 autocast: both store 2 bytes). Returned (GiB unless named):
+
+    * ``per_image_mib``: activations kept per image;
+    * ``params_gib``: weights, gradients and AdamW's two moments, 16 bytes per parameter;
+    * ``total_gib``: ``margin`` x (params + fixed activations + batch_size x per image) + ``context_gib``
+      (CUDA's own context); the margin stands for temporaries of the backward pass and fragmentation;
+    * ``batch_size``, ``precision``, ``margin``, ``context_gib``: what the estimate assumed.
+
+    :func:`batch_that_fits` turns it into the largest batch a card of a given size holds.
+    """
+    precision = precision or ("fp32" if cfg.precision == "fp32" else "bf16")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    from .losses import MetricLoss
+    from .train import build_net
+
+    net = build_net(cfg, pretrained=False).train()
+    criterion = MetricLoss(cfg.loss, 2, cfg.embed_dim, cfg.margin, cfg.alpha,
+                           None if cfg.plain_weight < 0 else cfg.plain_weight, m=cfg.m, tau=cfg.tau,
+                           c=cfg.curvature, clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction)
+    n_params = sum(p.numel() for p in [*net.parameters(), *criterion.parameters()])
+    own = {p.untyped_storage().data_ptr() for p in [*net.parameters(), *criterion.parameters()]}
+
+    def kept_bytes(classes: int) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in own:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        b = classes * cfg.m
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(b, 3, cfg.image_size, cfg.image_size, generator=gen)       # (B, 3, S, S)
+        y = torch.arange(classes).repeat_interleave(cfg.m)                         # (B,)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32"):
+                emb, y2 = net(x, y)
+            criterion(emb, y2, batch_size=b)
+        return sum(seen.values())
+
+    one, two = kept_bytes(1), kept_bytes(2)
+    per_image = (two - one) / cfg.m
+    fixed = max(0.0, one - per_image * cfg.m)
+    b = batch_size or cfg.batch_size
+    params_gib = 16 * n_params / 2**30
+    total = margin * (params_gib + (fixed + b * per_image) / 2**30) + context_gib
+    return {"per_image_mib": per_image / 2**20, "fixed_gib": fixed / 2**30, "params_gib": params_gib,
+            "batch_size": b, "precision": precision, "margin": margin, "context_gib": context_gib,
+            "total_gib": total}
+
+
+def batch_that_fits(estimate: dict[str, float], total_gib: float, m: int) -> int:
+    """The largest multiple of ``m`` whose step fits in ``total_gib`` by an :func:`estimate_train_gib`
+    estimate (0 when not even the fixed part fits): the same formula solved for the batch size."""
+    free = (total_gib - estimate["context_gib"]) / estimate["margin"] - estimate["params_gib"] - estimate["fixed_gib"]
+    images = int(free * 2**30 / (estimate["per_image_mib"] * 2**20)) if free > 0 else 0
+    return images // m * m
 
 
 def _fmt(v: Any) -> str:

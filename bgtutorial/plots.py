@@ -14,7 +14,8 @@ from .data.cub import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ["to_display", "image_grid", "class_balance", "plot_history", "compare_histories",
            "retrieval_gallery", "embedding_projection", "attention_heatmap", "head_graphs", "class_name",
            "two_stream_diagram", "coupling_maps", "batch_attention", "seed_spread",
-           "robustness_curves", "class_circle_layout", "directed_graph"]
+           "robustness_curves", "class_circle_layout", "directed_graph", "loss_batch_note",
+           "embedding_projections", "poincare_figure", "ablation_plot"]
 
 
 def to_display(img: torch.Tensor) -> np.ndarray:
@@ -63,33 +64,55 @@ def class_balance(labels: Sequence[int], title: str = "images per class") -> plt
 
 def plot_history(history: dict, metrics: Sequence[str] = ("R@1", "MAP@R"), label: str | None = None,
                  axes: Sequence[plt.Axes] | None = None) -> plt.Figure:
-    """Training loss per step (and per-epoch mean) and test metrics per epoch (epoch 0 = before training)."""
+    """One run: the training loss per step with its per-epoch mean (first panel, its title says what the
+    loss is computed on: B plain samples, or the doubled batch of a batch module), then each metric per
+    epoch on the unseen test classes (epoch 0 = before training). Train and eval curves are labelled.
+
+    To set several runs side by side use :func:`compare_histories`: it never draws two runs' losses on
+    one panel, because a loss over a doubled batch (BatchFormer, BGFormer) is not the same quantity as a
+    baseline's loss over B samples.
+    """
     if axes is None:
-        fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3))
+        fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3.2))
     fig = axes[0].figure
-    steps = history["steps"]
-    if steps:
-        axes[0].plot([s["loss"] for s in steps], alpha=0.6, label=label)
-    axes[0].set_xlabel("step")
-    axes[0].set_title("training loss")
-    evaluated = [e for e in history["epochs"] if metrics[0] in e]      # eval_every > 1 skips some epochs
-    epochs = [0] + [e["epoch"] for e in evaluated]
+    _loss_panel(axes[0], history, f"{label}: training loss" if label else "training loss")
     for ax, m in zip(axes[1:], metrics):
-        ax.plot(epochs, [history["initial"][m]] + [e[m] for e in evaluated], marker="o", label=label)
-        ax.set_xlabel("epoch")
-        ax.set_title(f"test {m} (unseen classes)")
-    if label:
-        for ax in axes:
-            ax.legend(fontsize=8)
+        _metric_panel(ax, history, m, label)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def compare_histories(histories: dict[str, dict], metrics: Sequence[str] = ("R@1", "MAP@R")) -> plt.Figure:
-    """Several runs' curves on shared axes, one colour per run."""
-    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(4.2 * (1 + len(metrics)), 3))
-    for name, h in histories.items():
-        plot_history(h, metrics, label=name, axes=axes)
+def compare_histories(histories: dict[str, dict], metrics: Sequence[str] = ("R@1", "MAP@R"),
+                      with_loss: bool = False, title: str = "") -> plt.Figure:
+    """Several runs' evaluation curves on shared axes, one colour per run (legend: the run's name).
+
+    Only the retrieval metrics share a panel: they are computed the same way for every method, on
+    the test-time network. The training losses are not comparable across methods (a batch module
+    trains the loss on 2B samples, the baseline on B), so with ``with_loss=True`` each run gets its
+    *own* loss panel in a second row, titled with its name and what its loss is computed on.
+    """
+    n = len(metrics)
+    rows = 2 if with_loss else 1
+    cols = max(n, len(histories) if with_loss else 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, h) in enumerate(histories.items()):
+        for ax, m in zip(axes[0], metrics):
+            _metric_panel(ax, h, m, name, colors[i % len(colors)])
+    for ax in axes[0][:n]:
+        ax.set_title(f"{ax.get_title()}, unseen test classes", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in axes[0][n:]:
+        ax.axis("off")
+    if with_loss:
+        for ax, (name, h) in zip(axes[1], histories.items()):
+            _loss_panel(ax, h, f"{name}: training loss")
+        for ax in axes[1][len(histories):]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig
 
 
@@ -586,5 +609,190 @@ def directed_graph(adj: torch.Tensor, labels: torch.Tensor, positions: np.ndarra
                        label=f"i ↔ j: mutual ({mutual} pairs)")]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---- helpers of plot_history / compare_histories: what a loss is computed on, one panel each
+def loss_batch_note(history: dict) -> str:
+    """What a run's training loss is computed on, from its config: ``"B=120 plain samples"`` for the
+    baseline, ``"2B=240 samples: B plain + B through the batchformer"`` for a batch module (the doubled
+    batch of docs/method.md, section 1), with the plain-half weight when the halves are weighted apart."""
+    cfg = history.get("config") or {}
+    b = cfg.get("batch_size")
+    module = cfg.get("batch_module", "none")
+    if module in (None, "none"):
+        return f"B={b} plain samples" if b else "one plain batch"
+    note = f"2B={2 * b} samples: B plain + B through the {module}" if b else f"doubled batch (plain + {module})"
+    alpha = cfg.get("plain_weight", -1.0)
+    if cfg.get("loss") == "hyperbolic" and (alpha is None or alpha < 0):
+        alpha = 0.5                      # MetricLoss scores the hyperbolic loss's halves apart, equally
+    if alpha is not None and alpha >= 0:
+        note += f", weighted {alpha:g} : {1 - alpha:g}"
+    return note
+
+
+def _loss_panel(ax: plt.Axes, history: dict, title: str = "training loss") -> None:
+    """Loss per step (faint) and its per-epoch mean (line with markers) of one run on ``ax``."""
+    steps = history["steps"]
+    if steps:
+        ax.plot([s["loss"] for s in steps], alpha=0.35, color="tab:gray", label="train loss per step")
+        ends = np.cumsum([sum(1 for s in steps if s.get("epoch") == e["epoch"] - 1) for e in history["epochs"]])
+        means = [e["loss"] for e in history["epochs"] if "loss" in e]
+        if len(means) == len(ends) and all("epoch" in s for s in steps):
+            ax.plot(ends - 1, means, marker=".", color="black", label="train loss, epoch mean")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    import textwrap
+
+    ax.set_title(f"{title}\n" + textwrap.fill(f"(on {loss_batch_note(history)})", 44), fontsize=9)
+
+
+def _metric_panel(ax: plt.Axes, history: dict, metric: str, label: str | None = None, color=None) -> None:
+    """``metric`` per evaluated epoch (epoch 0 = before training) on the unseen test classes, and on the
+    held-out validation classes when the run kept some (``val_classes``), each curve labelled."""
+    evaluated = [e for e in history["epochs"] if metric in e]      # eval_every > 1 skips some epochs
+    epochs = [0] + [e["epoch"] for e in evaluated]
+    name = f"{label}: " if label else ""
+    line, = ax.plot(epochs, [history["initial"][metric]] + [e[metric] for e in evaluated], marker="o",
+                    color=color, label=f"{name}eval, unseen test classes")
+    val = [e for e in history["epochs"] if metric in e.get("val", {})]
+    if val and metric in history.get("initial_val", {}):
+        ax.plot([0] + [e["epoch"] for e in val], [history["initial_val"][metric]] + [e["val"][metric] for e in val],
+                marker="s", ls="--", color=line.get_color(), label=f"{name}eval, held-out train classes")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} (evaluation)", fontsize=9)
+
+
+def embedding_projections(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], names: Sequence[str] | None = None,
+                          method: str = "pca", suptitle: str = "") -> plt.Figure:
+    """Several 2-D projections side by side, one panel per ``{title: (embeddings (N, E), labels (N,))}``.
+
+    Each panel is projected on its own (PCA, or t-SNE with ``method="tsne"``); a class keeps its
+    colour in every panel, and one legend names the classes (``names[label]``, e.g. a dataset's
+    ``classes``). Meant for a few classes (up to 20): with many more no colour can be told apart.
+    """
+    labels_all = sorted({int(v) for _, y in panels.values() for v in np.asarray(y)})
+    cmap = plt.get_cmap("tab10" if len(labels_all) <= 10 else "tab20")
+    colour = {c: cmap(i % cmap.N) for i, c in enumerate(labels_all)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels) + 1.6, 4.2), squeeze=False)
+    for ax, (title, (emb, y)) in zip(axes[0], panels.items()):
+        x = torch.as_tensor(emb).detach().float().cpu()                  # (N, E)
+        if method == "pca":
+            x = x - x.mean(0)
+            _, _, v = torch.pca_lowrank(x, q=2, center=False)
+            xy = (x @ v[:, :2]).numpy()                                  # (N, 2)
+        elif method == "tsne":
+            from sklearn.manifold import TSNE
+            xy = TSNE(2, init="pca", random_state=0, perplexity=min(30, len(x) - 1)).fit_transform(x.numpy())
+        else:
+            raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+        yy = np.asarray(y)
+        for c in labels_all:
+            sel = yy == c
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=colour[c],
+                           label=str(names[c]) if names is not None else str(c))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"{method.upper()} 1"), ax.set_ylabel(f"{method.upper()} 2")
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="class", markerscale=1.5)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def poincare_figure(c: float = 0.1, clip_r: float | None = 2.3, n: int = 400, spread: float = 2.0,
+                    anchor: Sequence[float] = (1.2, 0.6), seed: int = 0) -> plt.Figure:
+    """Hyp-ViT's map into the Poincaré ball, in two panels (docs/method.md, Hyp-ViT).
+
+    Left: the norm of ``exp_0(v)`` against ``|v|`` (it saturates at the ball's radius 1/√c) and its
+    slope ``sech²(√c|v|)``, which vanishes, with the clip radius ``clip_r``. Right: the ball of
+    curvature -c (radius 1/√c); ``n`` Gaussian 2-D vectors (std ``spread``) mapped without clipping
+    (grey) and with clipping (blue, inside the dashed image of the clip radius); contours of the
+    geodesic distance from ``anchor`` (a Euclidean vector, mapped the same way, star).
+    """
+    from .losses import poincare_distance, to_poincare
+
+    sc = c ** 0.5
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.3))
+    r = np.linspace(0, 4 / sc, 400)
+    ax1.plot(r, np.tanh(sc * r) / sc, color="tab:blue", label=r"$|\exp_0(v)|$ (left axis)")
+    ax1.axhline(1 / sc, color="black", lw=0.8, ls=":", label=r"ball radius $1/\sqrt{c}$")
+    ax1.set_xlabel(r"Euclidean norm $|v|$ of the head's output")
+    ax1.set_ylabel("norm in the ball")
+    slope = ax1.twinx()
+    slope.plot(r, 1 / np.cosh(sc * r) ** 2, color="tab:red", ls="--", label=r"slope $\mathrm{sech}^2(\sqrt{c}|v|)$")
+    slope.set_ylabel("slope (right axis)", color="tab:red")
+    slope.set_ylim(0, 1.05)
+    if clip_r is not None:
+        ax1.axvline(clip_r, color="tab:green", lw=1.5, label=f"clip radius r={clip_r:g}")
+    lines = ax1.get_legend_handles_labels()[0] + slope.get_legend_handles_labels()[0]
+    ax1.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="center right")
+    ax1.set_title(f"the exponential map saturates (c={c:g})", fontsize=9)
+
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, 2, generator=g, dtype=torch.float64) * spread                    # (n, 2)
+    free = to_poincare(v, c, None)                                                       # (n, 2)
+    clipped = to_poincare(v, c, clip_r)                                                  # (n, 2)
+    a = to_poincare(torch.tensor([list(anchor)], dtype=torch.float64), c, clip_r)        # (1, 2)
+    lim = 1.05 / sc
+    xs = np.linspace(-lim, lim, 240)
+    gx, gy = np.meshgrid(xs, xs)
+    grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1))                           # (G, 2)
+    inside = (grid.pow(2).sum(1) < (0.999 / sc) ** 2)
+    d = torch.full((grid.shape[0],), float("nan"), dtype=torch.float64)
+    d[inside] = poincare_distance(a, grid[inside], c)[0]
+    cs = ax2.contour(gx, gy, d.reshape(gx.shape).numpy(), levels=np.arange(1, 9, 1.0), cmap="viridis",
+                     linewidths=0.8)
+    ax2.clabel(cs, fontsize=6, fmt="%g")
+    ax2.add_patch(plt.Circle((0, 0), 1 / sc, fill=False, color="black", lw=1.2))
+    ax2.scatter(free[:, 0], free[:, 1], s=5, color="0.6", label="exp map, no clipping")
+    ax2.scatter(clipped[:, 0], clipped[:, 1], s=5, color="tab:blue", label=f"clipped to |v|≤{clip_r:g}, then exp map")
+    if clip_r is not None:
+        ax2.add_patch(plt.Circle((0, 0), np.tanh(sc * clip_r) / sc, fill=False, ls="--", color="tab:green",
+                                 lw=1.2, label="image of the clip radius"))
+    ax2.scatter(a[:, 0], a[:, 1], marker="*", s=140, color="tab:red", zorder=4, label="anchor point")
+    ax2.set_xlim(-lim, lim), ax2.set_ylim(-lim, lim)
+    ax2.set_aspect("equal")
+    ax2.set_xticks([]), ax2.set_yticks([])
+    ax2.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.0, 0.0))
+    ax2.set_title(f"Poincaré ball, c={c:g} (radius {1 / sc:.2f})\ncontours: geodesic distance $d_c$ to the star",
+                  fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_plot(results: dict, baseline: Sequence[float] | None = None, xlabel: str = "value",
+                  metric: str = "R@1", title: str = "") -> plt.Figure:
+    """One metric against an ablated value: ``results[value]`` is the list of final values over seeds.
+
+    Each seed is a dot, the mean ± standard deviation over seeds a bar (a single seed is labelled as
+    such, without a bar); ``baseline`` (values over the same seeds, same budget) is drawn as a
+    horizontal line with its spread as a band. ``title`` should state the budget (preset, epochs, seeds).
+    """
+    keys = list(results)
+    xs = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    means = [float(np.mean(results[k])) for k in keys]
+    stds = [float(np.std(results[k], ddof=1)) if len(results[k]) > 1 else 0.0 for k in keys]
+    n = max(len(v) for v in results.values())
+    for x, k in zip(xs, keys):
+        ax.scatter([x] * len(results[k]), results[k], s=14, color="tab:blue", alpha=0.5, zorder=3)
+    ax.errorbar(xs, means, yerr=stds if n > 1 else None, color="tab:blue", marker="o", capsize=4,
+                label=f"mean ± std over {n} seeds" if n > 1 else "seed 0 only")
+    if baseline is not None and len(baseline):
+        b, bs = float(np.mean(baseline)), float(np.std(baseline, ddof=1)) if len(baseline) > 1 else 0.0
+        ax.axhline(b, color="tab:gray", ls="--", label=f"baseline, same budget ({len(baseline)} seed{'s' if len(baseline) > 1 else ''})")
+        if bs:
+            ax.axhspan(b - bs, b + bs, color="tab:gray", alpha=0.15)
+    ax.set_xticks(xs, [str(k) for k in keys])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} (unseen test classes, last epoch)")
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

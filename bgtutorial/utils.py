@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 __all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled", "UserError", "CLI_ERRORS",
-           "about"]
+           "about", "check_gpu_memory"]
 
 
 class UserError(Exception):
@@ -90,3 +90,32 @@ def about(dev: torch.device | None = None) -> str:
              else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
     return (f"bgtutorial {__version__} · torch {torch.__version__} · {dev.type}: {where} · "
             f"{datetime.date.today().isoformat()}")
+
+
+def check_gpu_memory(required_gib: float, what: str, total_gib: float | None = None, hint: str = "",
+                     device_index: int = 0) -> bool:
+    """True when the GPU has at least ``required_gib`` GiB of memory for ``what``; else print why not and
+    what to change, and return False.
+
+    ``total_gib``: the card's memory; ``None`` reads it from ``torch.cuda.get_device_properties``
+    (no CUDA device: False). The message names the three knobs: a smaller ``batch_size``, a 16-bit
+    ``precision``, or skipping the run (``RUN_TIER2=False`` in notebook 05); ``hint`` is appended
+    (e.g. the largest batch that fits by :func:`bgtutorial.gpucheck.estimate_train_gib`).
+    """
+    if required_gib <= 0:
+        raise ValueError(f"required_gib must be > 0, got {required_gib}")
+    name = "the GPU"
+    if total_gib is None:
+        if not torch.cuda.is_available():
+            print(f"{what} needs a CUDA GPU with about {required_gib:.1f} GiB of memory, and there is none here: "
+                  "skipped (set RUN_TIER2=False to skip it without this message)." + (f" {hint}" if hint else ""))
+            return False
+        props = torch.cuda.get_device_properties(device_index)
+        total_gib, name = props.total_memory / 2**30, props.name
+    if total_gib >= required_gib:
+        print(f"{what}: needs about {required_gib:.1f} GiB, {name} has {total_gib:.1f} GiB: it fits.")
+        return True
+    print(f"{what} needs about {required_gib:.1f} GiB of GPU memory, {name} has {total_gib:.1f} GiB: not started. "
+          "Lower batch_size (in multiples of m; keep steps_per_epoch x batch_size about the same), use "
+          "precision='bf16' or 'fp16' if it is fp32, or set RUN_TIER2=False to skip it." + (f" {hint}" if hint else ""))
+    return False

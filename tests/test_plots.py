@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 from bgtutorial.bgformer import BGFormer  # noqa: E402
 from bgtutorial.graph import visual_graph  # noqa: E402
-from bgtutorial.plots import class_name, embedding_projection, head_graphs, retrieval_gallery  # noqa: E402
+from bgtutorial.plots import class_name, compare_histories, embedding_projection, head_graphs, retrieval_gallery  # noqa: E402
 
 
 def test_head_graphs_panels_order_and_boundaries():
@@ -73,15 +73,15 @@ def test_gallery_titles_and_projection_labels_are_the_class_names():
     assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(many.classes)
 
 
-def _history(r1):
+def _hist_r1(r1):
     return {"epochs": [{"epoch": 1, "R@1": r1}]}
 
 
 def test_robustness_curves_draw_mean_and_std_per_method():
     from bgtutorial.plots import robustness_curves
 
-    study = {0.0: {"baseline": [_history(0.5), _history(0.7)], "bgformer": [_history(0.6), _history(0.6)]},
-             0.4: {"baseline": [_history(0.2), _history(0.4)], "bgformer": [_history(0.5), _history(0.3)]}}
+    study = {0.0: {"baseline": [_hist_r1(0.5), _hist_r1(0.7)], "bgformer": [_hist_r1(0.6), _hist_r1(0.6)]},
+             0.4: {"baseline": [_hist_r1(0.2), _hist_r1(0.4)], "bgformer": [_hist_r1(0.5), _hist_r1(0.3)]}}
     fig = robustness_curves(study, xlabel="share of training images corrupted")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "share of training images corrupted" and "R@1" in ax.get_ylabel()
@@ -139,3 +139,102 @@ def test_directed_graph_draws_one_arrow_per_edge_and_marks_mutual_pairs():
     boxes = [c for c in fig.axes[0].artists]
     assert len(boxes) == 4 and boxes[0].offsetbox.get_zoom() == pytest.approx(5.0)
     plt.close("all")
+
+
+def _history(module, batch_size=120, losses=(3.0, 2.5, 2.0, 1.8), r1=(0.1, 0.3, 0.4), plain_weight=-1.0):
+    """A two-epoch history as train() writes it: two steps per epoch, R@1 and MAP@R per epoch."""
+    steps = [{"epoch": i // 2, "batch": i % 2, "loss": v} for i, v in enumerate(losses)]
+    epochs = [{"epoch": e + 1, "loss": (losses[2 * e] + losses[2 * e + 1]) / 2, "R@1": r1[e + 1],
+               "MAP@R": r1[e + 1] / 2} for e in range(2)]
+    return {"config": {"batch_size": batch_size, "batch_module": module, "plain_weight": plain_weight},
+            "initial": {"R@1": r1[0], "MAP@R": r1[0] / 2}, "steps": steps, "epochs": epochs}
+
+
+def test_compare_histories_never_puts_losses_of_different_batches_on_one_panel():
+    runs = {"baseline": _history("none"), "batchformer": _history("batchformer", losses=(6.0, 5.0, 4.0, 3.5)),
+            "bgformer": _history("bgformer", plain_weight=0.01)}
+    fig = compare_histories(runs)                                       # default: the metrics only
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split(" (")[0] for ax in titled] == ["R@1", "MAP@R"]
+    assert not any("loss" in ax.get_title().lower() or "loss" in ax.get_ylabel().lower() for ax in fig.axes)
+    for ax in titled:                                                   # one curve per run, named in the legend
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert [t.split(":")[0] for t in legend] == list(runs) and all("unseen" in t for t in legend)
+    xs, ys = titled[0].lines[1].get_data()
+    assert list(xs) == [0, 1, 2] and list(ys) == [0.1, 0.3, 0.4]
+    plt.close(fig)
+
+    fig = compare_histories(runs, with_loss=True)                       # one loss panel per run, never shared
+    loss_axes = [ax for ax in fig.axes if "loss" in ax.get_title()]
+    assert len(loss_axes) == 3
+    for ax, (name, h) in zip(loss_axes, runs.items()):
+        assert ax.get_title().startswith(f"{name}: training loss")
+        per_step = [ln for ln in ax.lines if ln.get_label() == "train loss per step"]
+        assert len(per_step) == 1 and list(per_step[0].get_ydata()) == [s["loss"] for s in h["steps"]]
+    assert "B=120 plain samples" in loss_axes[0].get_title()
+    assert "2B=240 samples" in loss_axes[1].get_title() and "batchformer" in loss_axes[1].get_title()
+    assert "weighted 0.01 : 0.99" in loss_axes[2].get_title()
+    plt.close(fig)
+
+
+def test_plot_history_labels_train_and_eval_curves():
+    from bgtutorial.plots import loss_batch_note, plot_history
+
+    h = _history("batchformer", batch_size=16)
+    fig = plot_history(h)
+    loss_ax, r1_ax = fig.axes[0], fig.axes[1]
+    assert "2B=32 samples" in loss_ax.get_title()
+    labels = [ln.get_label() for ln in loss_ax.lines]
+    assert labels == ["train loss per step", "train loss, epoch mean"]
+    xs, ys = loss_ax.lines[1].get_data()
+    assert list(xs) == [1, 3] and list(ys) == [2.75, 1.9]               # the mean drawn at each epoch's last step
+    assert "unseen test classes" in r1_ax.lines[0].get_label()
+    plt.close(fig)
+    assert loss_batch_note({"config": {"batch_size": 900, "batch_module": "none", "loss": "hyperbolic"}}) \
+        == "B=900 plain samples"
+    assert "weighted 0.5 : 0.5" in loss_batch_note({"config": {"batch_size": 9, "batch_module": "bgformer",
+                                                               "loss": "hyperbolic"}})
+
+
+def test_embedding_projections_keep_one_colour_per_class_and_name_it():
+    from bgtutorial.plots import embedding_projections
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    panels = {"untrained": (torch.randn(6, 5, generator=g), y), "trained": (torch.randn(6, 5, generator=g), y)}
+    fig = embedding_projections(panels, names=["Ж", "ա", "ß"])
+    assert [ax.get_title() for ax in fig.axes] == ["untrained", "trained"]
+    colours = [[tuple(c.get_facecolor()[0]) for c in ax.collections] for ax in fig.axes]
+    assert colours[0] == colours[1] and len(set(colours[0])) == 3
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["Ж", "ա", "ß"]
+    plt.close(fig)
+
+
+def test_ablation_plot_draws_means_seeds_and_the_baseline():
+    from bgtutorial.plots import ablation_plot
+
+    fig = ablation_plot({0.0: [0.2, 0.4], 1.0: [0.5, 0.7]}, baseline=[0.3, 0.5], xlabel="λ",
+                        title="glyphs-quick, 12 epochs, seeds 0 1")
+    ax = fig.axes[0]
+    (bars,) = ax.containers
+    assert bars.get_label() == "mean ± std over 2 seeds"
+    assert list(bars.lines[0].get_ydata()) == pytest.approx([0.3, 0.6])
+    base = [ln for ln in ax.lines if ln.get_label().startswith("baseline")][0]
+    assert base.get_ydata()[0] == pytest.approx(0.4)
+    assert ax.get_title() == "glyphs-quick, 12 epochs, seeds 0 1"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0", "1.0"]
+    plt.close(fig)
+
+
+def test_poincare_figure_draws_the_ball_and_the_clip_radius():
+    from bgtutorial.plots import poincare_figure
+
+    fig = poincare_figure(c=0.1, clip_r=2.3, n=50)
+    ball = fig.axes[1]
+    radii = sorted(p.get_radius() for p in ball.patches)
+    clip_image = float(torch.tanh(torch.tensor(0.1 ** 0.5 * 2.3))) / 0.1 ** 0.5      # tanh(√c r)/√c
+    assert radii == pytest.approx([clip_image, 0.1 ** -0.5])
+    (clipped,) = [c for c in ball.collections if c.get_label().startswith("clipped")]
+    norms = torch.tensor(clipped.get_offsets()).norm(dim=1)
+    assert (norms <= clip_image + 1e-9).all() and (norms > clip_image - 1e-6).any()   # on or inside the clip image
+    plt.close(fig)
