@@ -1,4 +1,5 @@
 """Notebook rules from CONVENTIONS.md that nbval itself cannot check."""
+import re
 from pathlib import Path
 
 import nbformat
@@ -28,3 +29,37 @@ def test_notebook_rules(path):
     assert "Summary" in nb.cells[-1].source and "Exercises" in nb.cells[-1].source
     assert "import bgtutorial" in "".join(c.source for c in code)
     assert "tqdm.notebook" not in "".join(c.source for c in code)
+
+
+def _repository():
+    import tomllib
+
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    return tomllib.loads(pyproject.read_text())["project"]["urls"]["Repository"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_uses_the_one_repository_address(path):
+    """The install cell and the badge use pyproject's [project.urls] Repository; runs go to Drive on Colab."""
+    nb = nbformat.read(path, as_version=4)
+    repo = _repository()
+    slug = repo.removeprefix("https://github.com/")
+    badge = f"https://colab.research.google.com/github/{slug}/blob/main/notebooks/{path.name}"
+    assert badge in nb.cells[0].source, f"{path.name}: the first cell needs the Open-in-Colab badge {badge}"
+    colab = next(c for c in nb.cells if c.cell_type == "code")
+    urls = set(re.findall(r'BGT_REPO = "([^"]+)"', colab.source))
+    assert urls == {repo}, f"{path.name}: the install cell must use {repo}, found {urls}"
+    assert 'os.environ["BGT_RUNS"]' in colab.source and "MyDrive" in colab.source
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'RUNS = os.environ.get("BGT_RUNS", "runs")' in params.source or "RUNS" not in params.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_output_says_where_it_ran(path):
+    """The first cell that runs outside Colab and prints anything prints bgtutorial.utils.about()."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and "nbval-skip" not in c.metadata.get("tags", [])]
+    first_print = next(c for c in code if "print(" in c.source or "display(" in c.source).source
+    assert "print(bgtutorial.utils.about(" in first_print and \
+        first_print.index("print(") == first_print.index("print(bgtutorial.utils.about("), \
+        f"{path.name}: the first printing cell must print bgtutorial.utils.about() before anything else"
