@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 __all__ = ["strip_notebook", "has_outputs", "source_hash", "stale_cells", "output_problems",
-           "execute_notebook", "META_KEY"]
+           "execute_notebook", "export_figure", "META_KEY"]
 
 #: the cell metadata key under which execution records the hash of the source
 META_KEY = "bgtutorial"
@@ -155,8 +155,37 @@ def execute_notebook(path: str | Path, timeout: int | None = None, kernel_name: 
     return output_problems(path)
 
 
+def export_figure(path: str | Path, tag: str, out: str | Path, index: int = 0) -> Path:
+    """Write the ``index``-th PNG figure of the code cell tagged ``tag`` to ``out`` (for the README).
+
+    The README shows figures of the executed notebooks; a tag (not a cell number) names the cell,
+    so inserting cells does not move the picture. Raises ``ValueError`` when there is no such figure.
+    """
+    import base64
+
+    nb = _read(path)
+    cells = [c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+    if not cells:
+        raise ValueError(f"{path}: no code cell tagged {tag!r}")
+    pngs = [o["data"]["image/png"] for c in cells for o in c.outputs if "image/png" in o.get("data", {})]
+    if len(pngs) <= index:
+        raise ValueError(f"{path}: the cell tagged {tag!r} has {len(pngs)} PNG figure(s); run `make notebooks` first")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(base64.b64decode(pngs[index]))
+    return out
+
+
 def _main(argv: list[str]) -> int:
-    usage = "usage: python -m bgtutorial.nbtools {strip|check|execute} NOTEBOOK.ipynb ..."
+    usage = ("usage: python -m bgtutorial.nbtools {strip|check|execute} NOTEBOOK.ipynb ...\n"
+             "       python -m bgtutorial.nbtools figure NOTEBOOK.ipynb TAG OUT.png")
+    if len(argv) == 4 and argv[0] == "figure":
+        try:
+            print(export_figure(argv[1], argv[2], argv[3]))
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if len(argv) < 2 or argv[0] not in ("strip", "check", "execute"):
         print(usage, file=sys.stderr)
         return 2

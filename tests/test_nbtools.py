@@ -96,3 +96,20 @@ def test_about_names_version_device_and_date():
     line = about(torch.device("cpu"))
     assert f"bgtutorial {bgtutorial.__version__}" in line and f"torch {torch.__version__}" in line
     assert "cpu: CPU" in line and datetime.date.today().isoformat() in line
+
+
+def test_export_figure_writes_the_tagged_cells_png(tmp_path):
+    import base64
+
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    nb = _nb("pass", "plot()")
+    nb.cells[2].metadata["tags"] = ["readme-figure"]
+    nb.cells[2].outputs = [new_output("display_data", {"image/png": png, "text/plain": "<Figure>"})]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    out = nbtools.export_figure(path, "readme-figure", tmp_path / "f" / "x.png")
+    assert out.read_bytes() == b"\x89PNG fake"
+    with pytest.raises(ValueError, match="no code cell tagged"):
+        nbtools.export_figure(path, "other", tmp_path / "y.png")
+    with pytest.raises(ValueError, match="1 PNG"):
+        nbtools.export_figure(path, "readme-figure", tmp_path / "y.png", index=1)
