@@ -144,7 +144,8 @@ def retrieval_gallery(dataset, embeddings: torch.Tensor, labels: torch.Tensor, q
         for j in nn_idx[q].tolist():
             images.append(dataset[j][0])
             ok = int(labels[j]) == int(labels[q])
-            titles.append(class_name(dataset, int(labels[j])) + (" ✓" if ok else " ✗"))
+            titles.append(("✓ " if ok else "✗ ") + class_name(dataset, int(labels[j])))   # mark first: a right-to-left
+                                                                                             # name cannot move it
             borders.append("tab:green" if ok else "tab:red")
     return image_grid(images, titles, ncols=k + 1, borders=borders)
 

@@ -63,7 +63,7 @@ def test_gallery_titles_and_projection_labels_are_the_class_names():
     emb = torch.nn.functional.normalize(torch.randn(len(ds), 4, generator=torch.Generator().manual_seed(0)), dim=1)
     fig = retrieval_gallery(ds, emb, labels, queries=[0], k=2)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles[0] == "query Ж" and all(t.split()[0] in ds.classes for t in titles[1:])
+    assert titles[0] == "query Ж" and all(t.split()[0] in "✓✗" and t.split()[1] in ds.classes for t in titles[1:])
     fig = embedding_projection(emb, labels, names=ds.classes)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["Ж", "ա", "ß"]
