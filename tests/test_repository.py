@@ -26,3 +26,15 @@ def test_method_and_recipe_pages_exist_and_are_linked_from_the_readme():
     readme = (ROOT / "README.md").read_text()
     for page in ("docs/method.md", "docs/recipes.md"):
         assert (ROOT / page).is_file() and page in readme
+
+
+def test_readme_images_exist():
+    """Every image the README shows is in the repository (exported from the executed notebooks)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (root / "README.md").read_text())
+    assert images, "the README shows the notebooks' results"
+    missing = [p for p in images if not p.startswith("http") and not (root / p).is_file()]
+    assert not missing, f"README images missing: {missing} (python -m bgtutorial.nbtools figure ...)"
