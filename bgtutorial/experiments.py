@@ -117,6 +117,38 @@ def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any],
     return out
 
 
+def _run_config(run_dir: Path, **overrides: Any):
+    """The stored config of a finished run as a ``Config`` (``overrides`` applied), or a clear error."""
+    import dataclasses
+
+    from .train import Config
+
+    saved = stored_config(run_dir)
+    if saved is None:
+        raise FileNotFoundError(f"{run_dir} holds no finished run (no config.json, history.json or last.pt); "
+                                "train it first (experiments.run_or_load or python -m bgtutorial.train)")
+    names = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
+
+
+def _test_time_net(run_dir: Path, checkpoint: str, **overrides: Any):
+    """``(cfg, network without the batch module, test dataset, device)`` of a finished run.
+
+    The batch module's weights are not loaded: thanks to the shared head the test-time network has
+    no module (an unshared run keeps both heads).
+    """
+    from .train import build_datasets, build_net
+    from .utils import device
+
+    cfg = _run_config(run_dir, **overrides)
+    _, test_ds = build_datasets(cfg)
+    dev = device(cfg.device or None)
+    model = build_net(cfg, with_module=False, pretrained=False).to(dev)
+    state = load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"]
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
+    return cfg, model, test_ds, dev
+
+
 def embed_run(run_dir: str | Path, checkpoint: str = "last.pt", **overrides: Any):
     """Test-set embeddings of a finished run with the *test-time* network (no batch module).
 
@@ -124,23 +156,9 @@ def embed_run(run_dir: str | Path, checkpoint: str = "last.pt", **overrides: Any
     epoch's (``last.pt``): nothing is chosen on the test classes. The batch module's weights are
     not loaded: thanks to the shared head the test-time network has no module.
     """
-    import dataclasses
+    from .train import embed_dataset
 
-    from .train import Config, build_datasets, build_net, embed_dataset
-    from .utils import device
-
-    run_dir = Path(run_dir)
-    saved = stored_config(run_dir)
-    if saved is None:
-        raise FileNotFoundError(f"{run_dir} holds no finished run (no config.json, history.json or last.pt); "
-                                "train it first (experiments.run_or_load or python -m bgtutorial.train)")
-    names = {f.name for f in dataclasses.fields(Config)}
-    cfg = Config(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
-    _, test_ds = build_datasets(cfg)
-    dev = device(cfg.device or None)
-    model = build_net(cfg, with_module=False, pretrained=False).to(dev)
-    state = load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"]
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
+    cfg, model, test_ds, dev = _test_time_net(Path(run_dir), checkpoint, **overrides)
     emb, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev)
     return emb, labels, test_ds
 
@@ -153,24 +171,10 @@ def head_metrics(run_dir: str | Path, checkpoint: str = "last.pt", with_nmi: boo
     the module stream's own head applied to features that never went through the batch module,
     the train/test mismatch that BatchFormer's shared head avoids. Weights are ``last.pt``'s.
     """
-    import dataclasses
-
     from .metrics import retrieval_metrics
-    from .train import Config, build_datasets, build_net, embed_dataset
-    from .utils import device
+    from .train import embed_dataset
 
-    run_dir = Path(run_dir)
-    saved = stored_config(run_dir)
-    if saved is None:
-        raise FileNotFoundError(f"{run_dir} holds no finished run (no config.json, history.json or last.pt); "
-                                "train it first (experiments.run_or_load or python -m bgtutorial.train)")
-    names = {f.name for f in dataclasses.fields(Config)}
-    cfg = Config(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
-    _, test_ds = build_datasets(cfg)
-    dev = device(cfg.device or None)
-    model = build_net(cfg, with_module=False, pretrained=False).to(dev)      # no batch module; both heads
-    state = load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"]
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
+    cfg, model, test_ds, dev = _test_time_net(Path(run_dir), checkpoint, **overrides)
     out = {}
     for name, outputs in (("plain head", "embedding"), ("module head", "module_head")):
         if outputs == "module_head" and model.module_head is None:
@@ -187,17 +191,11 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last.pt", dev=None):
     BatchFormer (``None`` for the baseline); ``net.features(images)`` gives the backbone's pooled
     features (B, D) that the module reads.
     """
-    import dataclasses
-
-    from .train import Config, build_net
+    from .train import build_net
     from .utils import device
 
     run_dir = Path(run_dir)
-    saved = stored_config(run_dir)
-    if saved is None:
-        raise FileNotFoundError(f"{run_dir} holds no finished run; train it first (experiments.run_or_load)")
-    names = {f.name for f in dataclasses.fields(Config)}
-    cfg = Config(**{k: v for k, v in saved.items() if k in names})
+    cfg = _run_config(run_dir)
     dev = dev or device(cfg.device or None)
     net = build_net(cfg, pretrained=False).to(dev)
     net.load_state_dict(load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"])
