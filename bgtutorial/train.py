@@ -386,12 +386,11 @@ class CorruptedImages(Dataset):
         return corrupt_image(x, kind, (self.seed * 1_000_003 + index) % 2**62), y
 
 
-class ClassSubset(Dataset):
-    """The samples of ``dataset`` whose label is in ``classes`` (labels unchanged), with ``targets``."""
+class IndexSubset(Dataset):
+    """The samples ``indices`` of ``dataset`` (labels unchanged), with ``targets``."""
 
-    def __init__(self, dataset: Dataset, classes: set[int]) -> None:
-        self.dataset = dataset
-        self.indices = [i for i, t in enumerate(dataset.targets) if t in classes]
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
         self.targets = [dataset.targets[i] for i in self.indices]
 
     def __len__(self) -> int:
@@ -399,6 +398,13 @@ class ClassSubset(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]
+
+
+class ClassSubset(IndexSubset):
+    """The samples of ``dataset`` whose label is in ``classes`` (labels unchanged), with ``targets``."""
+
+    def __init__(self, dataset: Dataset, classes: set[int]) -> None:
+        super().__init__(dataset, [i for i, t in enumerate(dataset.targets) if t in classes])
 
 
 def long_tail_counts(counts: Sequence[int], imbalance: float, seed: int) -> list[int]:
@@ -422,20 +428,6 @@ def long_tail_counts(counts: Sequence[int], imbalance: float, seed: int) -> list
         target = n_max * imbalance ** (-rank[c] / max(n_classes - 1, 1))
         out.append(min(have, max(2, int(round(target)))))
     return out
-
-
-class IndexSubset(Dataset):
-    """The samples ``indices`` of ``dataset`` (labels unchanged), with ``targets``."""
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
-        self.dataset, self.indices = dataset, [int(i) for i in indices]
-        self.targets = [dataset.targets[i] for i in self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
 
 
 def long_tailed(dataset: Dataset, imbalance: float, seed: int) -> Dataset:
