@@ -64,7 +64,7 @@ def main() -> None:
     BF, BG = "BatchFormer (einops + SDPA)", f"BGFormer (graph + layer, k = {bg.blocks[0].k})"
     ours = {BF: lambda: bf(x), BG: lambda: bg(x, y)}
     naive = {BF: lambda: naive_batchformer_layer(bf.layers[0], x),
-             BG: lambda: naive_bgformer(bg, x.cpu(), y.cpu())}
+             BG: lambda: naive_bgformer(bg, x, y)}
     contenders = {}
     for name in ours:
         contenders[name] = step(ours[name])

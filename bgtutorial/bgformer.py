@@ -72,7 +72,8 @@ def topk_attention_weights(logits: torch.Tensor, k: int, dropout_p: float = 0.0,
     kept, idx = logits.sort(dim=-1, descending=True, stable=True)
     kept, idx = kept[..., :k], idx[..., :k]                          # (..., Q, K)
     weights = F.dropout(kept.softmax(dim=-1), dropout_p, training)   # (..., Q, K)
-    return torch.zeros_like(logits).scatter(-1, idx, weights)        # (..., Q, N)
+    # weights' dtype, not logits': under autocast the softmax runs in float32 on bf16/fp16 logits
+    return weights.new_zeros(logits.shape).scatter(-1, idx, weights)  # (..., Q, N)
 
 
 class StructureConstrainedAttention(nn.Module):

@@ -12,7 +12,7 @@ def naive_mha_rows(q, k, v, num_heads, neighbours):
     """Multi-head attention, row by row: query i attends to the keys in ``neighbours(i)``."""
     B, D = q.shape
     d = D // num_heads
-    out = torch.zeros(B, D, dtype=q.dtype)
+    out = torch.zeros(B, D, dtype=q.dtype, device=q.device)
     for i in range(B):
         js = neighbours(i)
         for h in range(num_heads):
@@ -53,7 +53,7 @@ def naive_topk_mha_rows(q, k, v, num_heads, top_k):
     """
     B, D = q.shape
     d = D // num_heads
-    rows, weights = [], torch.zeros(num_heads, B, B, dtype=q.dtype)
+    rows, weights = [], torch.zeros(num_heads, B, B, dtype=q.dtype, device=q.device)
     for i in range(B):
         heads = []
         for h in range(num_heads):
@@ -73,7 +73,8 @@ def naive_normalized_label_graph(y):
     B = len(y)
     a = [[float(y[i] == y[j]) + float(i == j) for j in range(B)] for i in range(B)]
     deg = [sum(row) for row in a]
-    return torch.tensor([[a[i][j] / math.sqrt(deg[i] * deg[j]) for j in range(B)] for i in range(B)])
+    return torch.tensor([[a[i][j] / math.sqrt(deg[i] * deg[j]) for j in range(B)] for i in range(B)],
+                        device=getattr(y, "device", None))
 
 
 def naive_layer_norm(x, weight, bias, eps=1e-5):

@@ -194,6 +194,21 @@ def test_topk_dropout_only_drops_kept_weights():
     assert torch.equal(topk_attention_weights(logits, 5, dropout_p=0.5, training=False), ref)
 
 
+def test_topk_under_a_float32_softmax_policy(monkeypatch):
+    """CUDA autocast runs softmax in float32 on bf16/fp16 logits; the scatter must follow the
+    weights' dtype (this broke BGFormer's first bf16 step on an H200, not reproducible under CPU
+    autocast, whose softmax keeps the input dtype)."""
+    logits = torch.randn(2, 5, 7).to(torch.bfloat16)
+    plain = torch.Tensor.softmax
+    monkeypatch.setattr(torch.Tensor, "softmax", lambda t, dim: plain(t.float(), dim))   # autocast's policy
+    w = topk_attention_weights(logits, k=3)
+    assert w.dtype == torch.float32
+    assert ((w > 0).sum(-1) == 3).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 5))
+    monkeypatch.undo()
+    torch.testing.assert_close(w, topk_attention_weights(logits.float(), k=3))
+
+
 @pytest.mark.parametrize("k", [12, 50])
 def test_k_at_least_batch_equals_plain_multi_head_attention(xy, k):
     x, _ = xy
