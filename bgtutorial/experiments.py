@@ -11,20 +11,25 @@ raises ``ConfigMismatchError`` naming the fields (``force=True`` / ``--force`` r
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from .checkpoint import HISTORY_FILE, check_config, load_checkpoint, load_history, stored_config
+from .checkpoint import HISTORY_FILE, ConfigMismatchError, check_config, load_checkpoint, load_history, stored_config
 from .models import BATCH_MODULES
 from .train import load_config, train
 from .utils import CLI_ERRORS, bars_disabled
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
-           "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model"]
+           "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
+           "publish_history"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -62,13 +67,65 @@ def run_folder(runs_dir: str | Path, preset: str, method: str, seed: int, label_
     return Path(runs_dir) / f"{preset}-{method}-noise{label_noise:g}{tail}-seed{seed}"
 
 
+#: histories of finished CPU runs shipped with the package (per-epoch metrics only, no weights), one
+#: ``<run folder name>.json`` each, written by ``python -m bgtutorial.experiments ... --publish``;
+#: docs/results.md says how and on which machine they were measured
+PUBLISHED = Path(__file__).parent / "published"
+
+
+def published_history(preset: str, folder: str | Path, **overrides: Any) -> dict[str, Any] | None:
+    """The shipped history of the run ``folder`` would hold, or ``None`` when none was shipped.
+
+    Looked up by the folder's name in :data:`PUBLISHED` and returned only when its config is the one
+    asked for (``load_config(preset, **overrides)``); a shipped history of another config (the
+    preset changed since it was measured) is ignored with a warning naming the fields.
+    """
+    cfg = load_config(preset, out=str(folder), **overrides)
+    path = PUBLISHED / f"{published_name(folder, cfg.imbalance)}.json"
+    if not path.is_file():
+        return None
+    h = json.loads(path.read_text())
+    try:
+        check_config(h["config"], cfg, f"the shipped history {path.name}")
+    except ConfigMismatchError as err:
+        warnings.warn(f"{err}: not used, the run is trained instead", stacklevel=2)
+        return None
+    if len(h["epochs"]) < cfg.epochs:
+        return None
+    return h
+
+
+def published_name(folder: str | Path, imbalance: float = 1.0) -> str:
+    """A shipped history's file stem: the run folder's name, ``-imbalance<rho>`` added for long-tailed runs
+    (whose folders carry the same names as the balanced ones, in another runs directory)."""
+    return Path(folder).name + (f"-imbalance{imbalance:g}" if imbalance != 1.0 else "")
+
+
+def publish_history(history: dict[str, Any], name: str, command: str, dest: str | Path = PUBLISHED) -> Path:
+    """Write a finished run's history, less its per-step losses, as ``dest/<name>.json``; return the path.
+
+    ``command`` (what produced it) and this machine are recorded under ``"published"``.
+    """
+    out = {k: v for k, v in history.items() if k != "steps"}
+    out["published"] = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                        "device": history.get("device")}
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{name}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return path
+
+
 def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0,),
-            label_noise: float = 0.0, progress: bool = True, corrupt: float = 0.0,
+            label_noise: float = 0.0, progress: bool = True, corrupt: float = 0.0, published: bool = False,
             **overrides: Any) -> dict[str, list[dict[str, Any]]]:
     """Histories ``{method: [history per seed]}`` for one preset, same seeds and budget for every method.
 
     ``label_noise``: share of training labels flipped; ``corrupt``: share of training images
-    corrupted (``Config.corrupt``). Folders: :func:`run_folder`.
+    corrupted (``Config.corrupt``). Folders: :func:`run_folder`. ``published=True``: a run that is
+    not finished in ``runs_dir`` is read from the package's shipped histories
+    (:func:`published_history`) when one of this config exists, instead of being trained; such a
+    history has a ``"published"`` key, and no weights (``last.pt``) come with it.
     """
     out: dict[str, list[dict[str, Any]]] = {}
     jobs = [(m, s) for m in methods for s in seeds]
@@ -77,10 +134,27 @@ def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(ME
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         folder = run_folder(runs_dir, preset, method, seed, label_noise, corrupt)
+        kw = dict(seed=seed, batch_module=METHODS[method], label_noise=label_noise, corrupt=corrupt, **overrides)
+        if published and not _finished(preset, folder, **kw):
+            shipped = published_history(preset, folder, **kw)
+            if shipped is not None:
+                out.setdefault(method, []).append(shipped)
+                continue
         h = run_or_load(preset, folder, seed=seed, batch_module=METHODS[method], label_noise=label_noise,
                         corrupt=corrupt, progress=False, **overrides)
         out.setdefault(method, []).append(h)
     return out
+
+
+def _finished(preset: str, folder: Path, **overrides: Any) -> bool:
+    """Whether ``folder`` holds a finished run (all epochs) of this config."""
+    path = Path(folder) / HISTORY_FILE
+    if not path.is_file():
+        return False
+    h = load_history(path)
+    cfg = load_config(preset, out=str(folder), **overrides)
+    check_config(h["config"], cfg, f"the run folder {folder}")
+    return len(h["epochs"]) >= cfg.epochs
 
 
 def robustness_study(preset: str, runs_dir: str | Path, noise_levels: Sequence[float] = (0.0, 0.2, 0.4),
@@ -222,15 +296,32 @@ def main(argv: list[str] | None = None) -> int:
                    help="label_noise: share of labels flipped; corrupt: share of training images corrupted")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--imbalance", type=float, default=None,
+                   help="long-tailed training classes, rho = n_max / n_min (runs go to <runs>/imbalance<rho>)")
+    p.add_argument("--publish", action="store_true",
+                   help="also write each finished run's history (no weights, no per-step losses) into the "
+                        "package's published/ folder, where compare(..., published=True) finds it")
     p.add_argument("--force", action="store_true",
                    help="retrain runs whose folder holds another config (their run files are deleted)")
     a = p.parse_args(argv)
     extra = {"epochs": a.epochs} if a.epochs is not None else {}
+    runs = a.runs
+    if a.imbalance is not None:
+        extra["imbalance"] = a.imbalance
+        runs = str(Path(a.runs) / f"imbalance{a.imbalance:g}")
     try:
-        study = robustness_study(a.preset, a.runs, a.noise, a.seeds, a.methods, field=a.field, force=a.force, **extra)
+        study = robustness_study(a.preset, runs, a.noise, a.seeds, a.methods, field=a.field, force=a.force, **extra)
     except CLI_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if a.publish:
+        command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
+        for noise, res in study.items():
+            for m, hs in res.items():
+                for h in hs:
+                    folder = run_folder(runs, a.preset, m, h["config"]["seed"], **{a.field: noise})
+                    print("published", publish_history(h, published_name(folder, h["config"].get("imbalance", 1.0)),
+                                                       command))
     print(f"| preset | {a.field.replace('_', ' ')} | method | R@1 mean ± std | MAP@R mean ± std | seeds |")
     print("|---|---|---|---|---|---|")
     for noise, res in study.items():
