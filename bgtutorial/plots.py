@@ -225,8 +225,9 @@ def attention_heatmap(weights: torch.Tensor, labels: torch.Tensor | None = None,
     return fig
 
 
-def _class_axes(ax: plt.Axes, labels: np.ndarray) -> None:
-    """Class boundaries as lines and class ids at the block centres, for a matrix sorted by label."""
+def _class_axes(ax: plt.Axes, labels: np.ndarray, names: Sequence[str] | None = None) -> None:
+    """Class boundaries as lines and class names (``names[label]``, else the ids) at the block centres,
+    for a matrix sorted by label."""
     starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])        # first index of each class
     ends = np.r_[starts[1:], len(labels)]
     for b in starts[1:]:
@@ -234,14 +235,15 @@ def _class_axes(ax: plt.Axes, labels: np.ndarray) -> None:
         ax.axvline(b - 0.5, color="tab:red", lw=0.8)
     if len(starts) <= 20:
         centres = (starts + ends - 1) / 2
-        ax.set_xticks(centres, [str(int(labels[s])) for s in starts], fontsize=7)
-        ax.set_yticks(centres, [str(int(labels[s])) for s in starts], fontsize=7)
+        ticks = [str(names[int(labels[s])]) if names is not None else str(int(labels[s])) for s in starts]
+        ax.set_xticks(centres, ticks, fontsize=7)
+        ax.set_yticks(centres, ticks, fontsize=7)
     else:
         ax.set_xticks([]), ax.set_yticks([])
 
 
 def head_graphs(attention: torch.Tensor, knn: torch.Tensor, labels: torch.Tensor, max_heads: int = 4,
-                title: str = "") -> plt.Figure:
+                title: str = "", names: Sequence[str] | None = None) -> plt.Figure:
     """BGFormer's per-head graphs beside a fixed feature-kNN graph, samples sorted by class.
 
     ``attention`` (H, B, B): one block's attention weights (``BGFormer(..., return_attention=True)``),
@@ -249,7 +251,8 @@ def head_graphs(attention: torch.Tensor, knn: torch.Tensor, labels: torch.Tensor
     ``labels`` (B,). First panel: the kNN graph (black = edge); then the first ``max_heads``
     heads, each edge coloured by its weight, non-edges white. Red lines separate the classes
     and each panel's title gives the share of its edges (self-loops left out) that join two
-    samples of the same class. Rows are queries i, columns keys j.
+    samples of the same class. Rows are queries i, columns keys j. ``names[label]`` labels the
+    classes on the axes (e.g. ``class_name(dataset, c)`` for every class c), else their ids.
     """
     from .graph import same_label_share
 
@@ -273,7 +276,7 @@ def head_graphs(attention: torch.Tensor, knn: torch.Tensor, labels: torch.Tensor
         axes[h + 1].set_title(f"head {h}: top-{kept} of its logits\n"
                               f"{float(same_label_share(att[h], ys)):.0%} same-class edges", fontsize=8)
     for ax in axes:
-        _class_axes(ax, ys.numpy())
+        _class_axes(ax, ys.numpy(), names)
         ax.set_xlabel("key sample j (class)", fontsize=8)
     axes[0].set_ylabel("query sample i (class)", fontsize=8)
     fig.colorbar(im, ax=list(axes[1:]), shrink=0.85, label="attention weight")

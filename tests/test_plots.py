@@ -36,6 +36,12 @@ def test_head_graphs_panels_order_and_boundaries():
     assert [t.get_text() for t in panels[0].get_xticklabels()] == ["0", "1", "2"]
     assert panels[0].get_ylabel().startswith("query") and panels[1].get_xlabel().startswith("key")
     plt.close(fig)
+    fig = head_graphs(maps[0], knn, y, max_heads=1, names=["alpha", "beta", "gamma"])   # class names on the axes
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    for ax in panels:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["alpha", "beta", "gamma"]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["alpha", "beta", "gamma"]
+    plt.close(fig)
 
 
 class _Named:
