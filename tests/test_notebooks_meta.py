@@ -64,19 +64,12 @@ def test_first_output_says_where_it_ran(path):
         f"{path.name}: the first printing cell must print bgtutorial.utils.about() before anything else"
 
 
-#: notebooks whose full run did not fit the session that executed the others (2026-11-27: both
-#: train many glyphs-quick runs); they stay stripped until `make notebooks` runs them. Empty this.
-NOT_YET_EXECUTED = {"04_bgformer.ipynb", "05_experiments.ipynb"}
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_outputs_are_current_and_clean(path):
     """Notebooks are committed with the outputs of a full run (`make notebooks`): none stale, none unclean."""
     from bgtutorial.nbtools import has_outputs, output_problems, stale_cells
 
-    if path.name in NOT_YET_EXECUTED:
-        assert not has_outputs(path), f"{path.name} has outputs: take it off NOT_YET_EXECUTED"
-        return
+    assert has_outputs(path), f"{path.name} has no outputs: run `make notebooks` and commit them"
     problems = stale_cells(path) + output_problems(path)
     assert not problems, "\n".join(problems)
     assert path.stat().st_size < 2.5 * 2**20, f"{path.name} is {path.stat().st_size / 2**20:.1f} MiB; keep it under ~2 MB"
