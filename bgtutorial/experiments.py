@@ -35,6 +35,17 @@ __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", 
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
 
 
+def _finished(cfg) -> dict[str, Any] | None:
+    """The history in ``cfg.run_dir`` when it is a finished run (all epochs) of ``cfg``, else ``None``;
+    a folder holding another config raises ``ConfigMismatchError``."""
+    path = cfg.run_dir / HISTORY_FILE
+    if not path.is_file():
+        return None
+    h = load_history(path)
+    check_config(h["config"], cfg, f"the run folder {cfg.run_dir}")
+    return h if len(h["epochs"]) >= cfg.epochs else None
+
+
 def run_or_load(preset: str, out: str | Path, callback=None, force: bool = False, **overrides: Any) -> dict[str, Any]:
     """Train ``preset`` into ``out`` unless a finished history of this very config is there; return the history.
 
@@ -43,13 +54,8 @@ def run_or_load(preset: str, out: str | Path, callback=None, force: bool = False
     run files and trains again. ``callback(history)`` is passed to :func:`train`.
     """
     cfg = load_config(preset, out=str(out), **overrides)
-    path = cfg.run_dir / HISTORY_FILE
-    if not force and path.is_file():
-        h = load_history(path)
-        check_config(h["config"], cfg, f"the run folder {cfg.run_dir}")
-        if len(h["epochs"]) >= cfg.epochs:
-            return h
-    return train(cfg, resume=not force, callback=callback, force=force)
+    h = None if force else _finished(cfg)
+    return h if h is not None else train(cfg, resume=not force, callback=callback, force=force)
 
 
 #: the config fields :func:`robustness_study` can sweep: flipped labels, corrupted training images
@@ -135,26 +141,13 @@ def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(ME
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         folder = run_folder(runs_dir, preset, method, seed, label_noise, corrupt)
         kw = dict(seed=seed, batch_module=METHODS[method], label_noise=label_noise, corrupt=corrupt, **overrides)
-        if published and not _finished(preset, folder, **kw):
+        if published and _finished(load_config(preset, out=str(folder), **kw)) is None:
             shipped = published_history(preset, folder, **kw)
             if shipped is not None:
                 out.setdefault(method, []).append(shipped)
                 continue
-        h = run_or_load(preset, folder, seed=seed, batch_module=METHODS[method], label_noise=label_noise,
-                        corrupt=corrupt, progress=False, **overrides)
-        out.setdefault(method, []).append(h)
+        out.setdefault(method, []).append(run_or_load(preset, folder, progress=False, **kw))
     return out
-
-
-def _finished(preset: str, folder: Path, **overrides: Any) -> bool:
-    """Whether ``folder`` holds a finished run (all epochs) of this config."""
-    path = Path(folder) / HISTORY_FILE
-    if not path.is_file():
-        return False
-    h = load_history(path)
-    cfg = load_config(preset, out=str(folder), **overrides)
-    check_config(h["config"], cfg, f"the run folder {folder}")
-    return len(h["epochs"]) >= cfg.epochs
 
 
 def robustness_study(preset: str, runs_dir: str | Path, noise_levels: Sequence[float] = (0.0, 0.2, 0.4),
