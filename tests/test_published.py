@@ -105,8 +105,11 @@ def test_every_shipped_history_matches_its_preset_today(path):
     folder = experiments.run_folder("runs", c["preset"], "baseline" if c["batch_module"] == "none" else c["batch_module"],
                                     c["seed"], c["label_noise"], c.get("corrupt", 0.0))
     assert path.stem == experiments.published_name(folder, c.get("imbalance", 1.0))
+    # long-tailed runs keep the balanced runs' number of steps: an explicit steps_per_epoch override
+    steps = {"steps_per_epoch": c["steps_per_epoch"]} if c.get("imbalance", 1.0) != 1.0 else {}
     cfg = load_config(c["preset"], out=str(folder), seed=c["seed"], batch_module=c["batch_module"],
-                      label_noise=c["label_noise"], corrupt=c.get("corrupt", 0.0), imbalance=c.get("imbalance", 1.0))
+                      label_noise=c["label_noise"], corrupt=c.get("corrupt", 0.0), imbalance=c.get("imbalance", 1.0),
+                      **steps)
     assert config_diff(c, cfg) == {}
     assert len(h["epochs"]) == cfg.epochs and h["epochs"][-1]["epoch"] == cfg.epochs
     assert 0.0 <= h["epochs"][-1]["R@1"] <= 1.0 and "steps" not in h and h["published"]["command"]
