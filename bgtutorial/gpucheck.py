@@ -153,6 +153,7 @@ def check_tier(tier: str, method: str, data_root: Path, steps: int, dev: torch.d
     row = {"preset": preset, "batch_size": cfg.batch_size, "steps": len(h["steps"]), "precision": h["precision"],
            "images_per_s": h["epochs"][-1]["images_per_s"], "loss_first": h["steps"][0]["loss"],
            "loss_last": h["steps"][-1]["loss"],
+           "plain_loss_first": h["steps"][0].get("loss_plain"), "plain_loss_last": h["steps"][-1].get("loss_plain"),
            "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
     row.update(module_share(cfg, dev, repeats=3 if tiny else 10))
     row["largest_batch"] = largest_batch(cfg, dev) if method == "none" else None
@@ -263,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['preset']:<26} batch {r['batch_size']:>4} {r['precision']:>5}  {_fmt(r['images_per_s']):>7} img/s  "
                   f"peak {_fmt(r['peak_gib'])} GiB  step {_fmt(r['step_ms'])} ms  module {_fmt(r['module_ms'])} ms "
                   f"({100 * r['share']:.2f}%)  largest batch {_fmt(r['largest_batch'])}  "
-                  f"loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}", flush=True)
+                  f"loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}"
+                  + (f" (plain half {r['plain_loss_first']:.3f} -> {r['plain_loss_last']:.3f})"
+                     if r["plain_loss_first"] is not None else ""), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=1))
     return 0

@@ -153,6 +153,8 @@ class MetricLoss(nn.Module):
             self.miner = miners.MultiSimilarityMiner(epsilon=0.1)
         #: the module half's own loss (own proxies) when ``separate_module_loss``, else None
         self.module_loss = make() if separate_module_loss else None
+        #: ``(plain, module)`` losses of the last doubled batch's halves, detached; else None
+        self.last_parts: tuple[torch.Tensor, torch.Tensor] | None = None
         if separate_module_loss and self.plain_weight is None:
             self.plain_weight = 0.5
 
@@ -165,11 +167,25 @@ class MetricLoss(nn.Module):
         return loss(emb, y, self.miner(emb, y)) if self.miner is not None else loss(emb, y)
 
     def forward(self, emb: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        """``batch_size`` is B of the plain half; needed with ``plain_weight`` or ``separate_module_loss``."""
+        """``batch_size`` is B of the plain half; needed with ``plain_weight`` or ``separate_module_loss``.
+
+        With a doubled batch (a batch module's training step) :attr:`last_parts` then holds the
+        loss of each half, ``(plain, module)`` without gradients: the training loss can fall
+        while the plain half's, the one that matters at test time, does not (BGFormer's label
+        graph lets its half cluster by class on any input; docs/gpu-runs.md)."""
         if self.module_loss is not None and batch_size is None:
             raise ValueError("separate_module_loss needs batch_size, the size B of the plain half")
-        if self.plain_weight is None or batch_size is None or emb.shape[0] == batch_size:
-            return self._one(emb, y)
+        doubled = batch_size is not None and emb.shape[0] > batch_size
+        self.last_parts = None
+        if self.plain_weight is None or not doubled:
+            total = self._one(emb, y)
+            if doubled:                   # one loss over both halves: score each apart too, for the log
+                with torch.no_grad():
+                    self.last_parts = (self._one(emb[:batch_size].detach(), y[:batch_size]).detach(),
+                                       self._one(emb[batch_size:].detach(), y[batch_size:]).detach())
+            return total
         a = self.plain_weight
-        return a * self._one(emb[:batch_size], y[:batch_size]) + \
-            (1 - a) * self._one(emb[batch_size:], y[batch_size:], self.module_loss)
+        plain = self._one(emb[:batch_size], y[:batch_size])
+        module = self._one(emb[batch_size:], y[batch_size:], self.module_loss)
+        self.last_parts = (plain.detach(), module.detach())
+        return a * plain + (1 - a) * module

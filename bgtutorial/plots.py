@@ -645,6 +645,10 @@ def _loss_panel(ax: plt.Axes, history: dict, title: str = "training loss") -> No
         means = [e["loss"] for e in history["epochs"] if "loss" in e]
         if len(means) == len(ends) and all("epoch" in s for s in steps):
             ax.plot(ends - 1, means, marker=".", color="black", label="train loss, epoch mean")
+            plain = [e.get("loss_plain") for e in history["epochs"]]
+            if all(v is not None for v in plain):   # a batch module was on: the plain half alone
+                ax.plot(ends - 1, plain, marker=".", ls="--", color="tab:blue",
+                        label="plain half alone (used at test time), epoch mean")
         ax.legend(fontsize=7)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

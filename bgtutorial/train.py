@@ -830,7 +830,10 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
                     scheduler.step()
             n_images += x.shape[0]
             loss_value = loss.item()
-            history["steps"].append({"epoch": epoch, "batch": batch_idx, "loss": loss_value})
+            record = {"epoch": epoch, "batch": batch_idx, "loss": loss_value}
+            if criterion.last_parts is not None:      # a batch module is on: each half's loss apart
+                record["loss_plain"], record["loss_module"] = (v.item() for v in criterion.last_parts)
+            history["steps"].append(record)
             steps.set_postfix(loss=f"{loss_value:.3f}")
             if cfg.ckpt_every and (batch_idx + 1) % cfg.ckpt_every == 0 and batch_idx + 1 < steps_per_epoch:
                 save_last(epoch, batch_idx + 1)
@@ -843,6 +846,9 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
         epoch_losses = [s["loss"] for s in history["steps"] if s["epoch"] == epoch]
         record = {"epoch": epoch + 1, "loss": sum(epoch_losses) / max(1, len(epoch_losses)), **metrics,
                   "train_seconds": seconds, "images_per_s": n_images / max(seconds, 1e-9)}
+        plain_losses = [s["loss_plain"] for s in history["steps"] if s["epoch"] == epoch and "loss_plain" in s]
+        if plain_losses:                  # the plain half alone: the features used at test time
+            record["loss_plain"] = sum(plain_losses) / len(plain_losses)
         if val_metrics is not None:
             record["val"] = val_metrics
             previous_best = max((e["val"]["R@1"] for e in history["epochs"]), default=-1.0)

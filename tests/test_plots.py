@@ -196,6 +196,12 @@ def test_plot_history_labels_train_and_eval_curves():
     assert list(xs) == [1, 3] and list(ys) == [2.75, 1.9]               # the mean drawn at each epoch's last step
     assert "unseen test classes" in r1_ax.lines[0].get_label()
     plt.close(fig)
+    for e, v in zip(h["epochs"], (4.0, 3.5)):                          # train() logs the plain half apart
+        e["loss_plain"] = v
+    fig = plot_history(h)
+    plain = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("plain half alone")]
+    assert len(plain) == 1 and list(plain[0].get_xdata()) == [1, 3] and list(plain[0].get_ydata()) == [4.0, 3.5]
+    plt.close(fig)
     assert loss_batch_note({"config": {"batch_size": 900, "batch_module": "none", "loss": "hyperbolic"}}) \
         == "B=900 plain samples"
     assert "weighted 0.5 : 0.5" in loss_batch_note({"config": {"batch_size": 9, "batch_module": "bgformer",

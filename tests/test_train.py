@@ -62,6 +62,26 @@ def test_plain_weight_splits_the_doubled_batch():
     assert MetricLoss("multi_similarity", 3, 16)(emb, y) >= 0
 
 
+def test_loss_keeps_each_halfs_loss_for_the_log():
+    """``last_parts`` = the loss of the plain and of the module half, scored apart, whether the
+    training loss weights the halves (``plain_weight``) or runs once over the doubled batch."""
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    y = torch.tensor([0, 0, 1, 1] * 2)
+    joint = MetricLoss("proxy_anchor", 3, 16)
+    split = MetricLoss("proxy_anchor", 3, 16, plain_weight=0.25)
+    split.load_state_dict(joint.state_dict())
+    halves = (joint(emb[:4], y[:4]), joint(emb[4:], y[4:]))
+    assert joint.last_parts is None                  # a plain batch: nothing to split
+    for loss in (joint, split):
+        total = loss(emb.requires_grad_(), y, batch_size=4)
+        assert total.requires_grad and not any(p.requires_grad for p in loss.last_parts)
+        torch.testing.assert_close(loss.last_parts, halves)
+    # the joint loss over 2B is not the mean of the halves (Proxy-Anchor averages over proxies
+    # present in the batch), so the log really scores them apart
+    assert not torch.allclose(joint(emb, y, batch_size=4), (halves[0] + halves[1]) / 2)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="unknown backbone"):
         load_config("digits", backbone="alexnet")
@@ -103,6 +123,7 @@ def test_training_improves_and_writes_artifacts(tmp_path):
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved["epochs"][-1]["R@1"] == h["epochs"][-1]["R@1"]
     assert h["epochs"][-1]["loss"] < h["epochs"][0]["loss"]
+    assert "loss_plain" not in h["steps"][0] and "loss_plain" not in h["epochs"][0]   # no module, no halves
     ck = load_checkpoint(tmp_path / "last.pt")     # weights_only=True load must work
     assert ck["epoch"] == 3 and ck["batch"] == 0
     assert not list(tmp_path.glob("*.tmp*"))       # atomic writes leave no temporary file
@@ -196,6 +217,9 @@ def test_cub_resnet50_preset_path_runs_on_synthetic_archive(tmp_path):
     assert lrs == pytest.approx([1e-4, 1e-2, 1e-5])
     assert [g["weight_decay"] for g in ck["optimizer"]["param_groups"]] == pytest.approx([1e-4] * 3)
     assert any(k.startswith("batch_module.") for k in ck["model"])
+    for step in h["steps"]:                      # each half's loss is logged beside the training loss
+        assert math.isfinite(step["loss_plain"]) and math.isfinite(step["loss_module"])
+    assert h["epochs"][0]["loss_plain"] == pytest.approx(h["steps"][0]["loss_plain"])
 
 
 def test_cub_vits_preset_path_runs_on_synthetic_archive(tmp_path):
@@ -207,4 +231,6 @@ def test_cub_vits_preset_path_runs_on_synthetic_archive(tmp_path):
     h = train(cfg)
     assert cfg.loss == "hyperbolic" and cfg.backbone == "vit_s16"
     assert len(h["steps"]) == 1 and math.isfinite(h["steps"][0]["loss"])
+    step = h["steps"][0]                         # the preset's 0.01 / 0.99 weighting of the halves
+    assert step["loss"] == pytest.approx(0.01 * step["loss_plain"] + 0.99 * step["loss_module"], rel=1e-5)
     assert 0 <= h["epochs"][0]["R@1"] <= 1
