@@ -29,7 +29,7 @@ from .utils import CLI_ERRORS, bars_disabled
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
-           "publish_history"]
+           "publish_history", "optimiser_steps"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -107,14 +107,23 @@ def published_name(folder: str | Path, imbalance: float = 1.0) -> str:
     return Path(folder).name + (f"-imbalance{imbalance:g}" if imbalance != 1.0 else "")
 
 
+def optimiser_steps(history: dict[str, Any]) -> int:
+    """How many optimiser steps a run took: counted from its per-step log, or, for a shipped history
+    (which has no per-step log), as recorded when it was published."""
+    if "steps" in history:
+        return len(history["steps"])
+    return int(history["published"]["optimiser_steps"])
+
+
 def publish_history(history: dict[str, Any], name: str, command: str, dest: str | Path = PUBLISHED) -> Path:
     """Write a finished run's history, less its per-step losses, as ``dest/<name>.json``; return the path.
 
-    ``command`` (what produced it) and this machine are recorded under ``"published"``.
+    ``command`` (what produced it), this machine and the number of optimiser steps are recorded
+    under ``"published"`` (:func:`optimiser_steps` reads it back).
     """
     out = {k: v for k, v in history.items() if k != "steps"}
     out["published"] = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                        "device": history.get("device")}
+                        "device": history.get("device"), "optimiser_steps": len(history["steps"])}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{name}.json"

@@ -45,10 +45,14 @@ def test_a_shipped_history_is_read_instead_of_training(shelf):
     path = _publish(tmp_path, "baseline", 1, 0.37)
     saved = json.loads(path.read_text())
     assert "steps" not in saved and saved["published"]["command"] == "test"       # per-step losses left out
+    assert saved["published"]["optimiser_steps"] == 1                            # ... but counted
     runs = tmp_path / "runs"
     out = experiments.compare("digits", runs, methods=["baseline"], seeds=[0, 1], published=True, progress=False)
     assert trained == ["digits-baseline-noise0-seed0"]                          # seed 0: nothing shipped, trained
     assert out["baseline"][1]["epochs"][-1]["R@1"] == 0.37 and "published" in out["baseline"][1]
+    assert experiments.optimiser_steps(out["baseline"][1]) == 1                   # from the record
+    out["baseline"][0]["steps"] *= 3
+    assert experiments.optimiser_steps(out["baseline"][0]) == 3                   # from the per-step log
     assert not (runs / "digits-baseline-noise0-seed1").exists()                 # nothing written into the runs
     # without published=True the shipped history is not looked at
     experiments.compare("digits", runs, methods=["baseline"], seeds=[1], progress=False)
@@ -113,6 +117,10 @@ def test_every_shipped_history_matches_its_preset_today(path):
     assert config_diff(c, cfg) == {}
     assert len(h["epochs"]) == cfg.epochs and h["epochs"][-1]["epoch"] == cfg.epochs
     assert 0.0 <= h["epochs"][-1]["R@1"] <= 1.0 and "steps" not in h and h["published"]["command"]
+    n = experiments.optimiser_steps(h)
+    assert n > 0 and n % cfg.epochs == 0
+    if steps:                                        # the long-tailed runs really got the balanced schedule
+        assert n == cfg.epochs * cfg.steps_per_epoch
 
 
 def test_the_package_ships_the_glyphs_study():
