@@ -87,7 +87,7 @@ def published_history(preset: str, folder: str | Path, **overrides: Any) -> dict
     preset changed since it was measured) is ignored with a warning naming the fields.
     """
     cfg = load_config(preset, out=str(folder), **overrides)
-    path = PUBLISHED / f"{published_name(folder, cfg.imbalance)}.json"
+    path = PUBLISHED / f"{published_name(folder, cfg.imbalance, cfg.shared_head)}.json"
     if not path.is_file():
         return None
     h = json.loads(path.read_text())
@@ -101,10 +101,12 @@ def published_history(preset: str, folder: str | Path, **overrides: Any) -> dict
     return h
 
 
-def published_name(folder: str | Path, imbalance: float = 1.0) -> str:
+def published_name(folder: str | Path, imbalance: float = 1.0, shared_head: bool = True) -> str:
     """A shipped history's file stem: the run folder's name, ``-imbalance<rho>`` added for long-tailed runs
-    (whose folders carry the same names as the balanced ones, in another runs directory)."""
-    return Path(folder).name + (f"-imbalance{imbalance:g}" if imbalance != 1.0 else "")
+    and ``-unshared-head`` for runs whose module stream has its own head (their folders carry the
+    same names as the plain runs', in another runs directory)."""
+    return (Path(folder).name + (f"-imbalance{imbalance:g}" if imbalance != 1.0 else "")
+            + ("" if shared_head else "-unshared-head"))
 
 
 def optimiser_steps(history: dict[str, Any]) -> int:
@@ -322,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             for m, hs in res.items():
                 for h in hs:
                     folder = run_folder(runs, a.preset, m, h["config"]["seed"], **{a.field: noise})
-                    print("published", publish_history(h, published_name(folder, h["config"].get("imbalance", 1.0)),
+                    print("published", publish_history(h, published_name(folder, h["config"].get("imbalance", 1.0),
+                                                                               h["config"].get("shared_head", True)),
                                                        command))
     print(f"| preset | {a.field.replace('_', ' ')} | method | R@1 mean ± std | MAP@R mean ± std | seeds |")
     print("|---|---|---|---|---|---|")

@@ -634,6 +634,11 @@ def evaluate(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, with_
     """Recall@1/2/4/8, MAP@R (and NMI) of the model on a test set (cosine of the embeddings);
     for a config with the hyperbolic loss, both of Hyp-ViT's evaluations (:func:`hyperbolic_metrics`).
 
+    A network with an unshared module head (``shared_head=False``) also gets that head's metrics on
+    the same plain test features, keys prefixed ``module_head_``: the history then holds the
+    train/test mismatch per epoch, without weights (:func:`bgtutorial.experiments.head_metrics`
+    computes the same from a checkpoint).
+
     Raises ``FloatingPointError`` when an embedding is not finite (a diverged model would
     otherwise find each query's twin NaN and score a perfect Recall@1).
     """
@@ -643,7 +648,12 @@ def evaluate(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, with_
         return hyperbolic_metrics(head, feats, y, cfg.curvature, cfg.clip_r, with_nmi)
     emb, y = embed_dataset(model, dataset, batch_size, dev)
     _refuse_non_finite(emb)
-    return retrieval_metrics(emb, y, with_nmi=with_nmi)
+    out = retrieval_metrics(emb, y, with_nmi=with_nmi)
+    if getattr(model, "module_head", None) is not None:   # shared_head=False: the module stream's own head h'
+        module_emb, y = embed_dataset(model, dataset, batch_size, dev, outputs="module_head")
+        _refuse_non_finite(module_emb)                       # ... on plain features (the train/test mismatch)
+        out.update({f"module_head_{k}": v for k, v in retrieval_metrics(module_emb, y, with_nmi=False).items()})
+    return out
 
 
 def _refuse_non_finite(emb: torch.Tensor) -> None:

@@ -36,8 +36,8 @@ def _publish(tmp_path, method, seed, r1, noise=0.0, **overrides):
     folder = experiments.run_folder(tmp_path / "elsewhere", "digits", method, seed, noise)
     h = _history("digits", folder, r1, seed=seed, batch_module=experiments.METHODS[method], label_noise=noise,
                  **overrides)
-    return experiments.publish_history(h, experiments.published_name(folder, h["config"]["imbalance"]), "test",
-                                       dest=experiments.PUBLISHED)
+    name = experiments.published_name(folder, h["config"]["imbalance"], h["config"]["shared_head"])
+    return experiments.publish_history(h, name, "test", dest=experiments.PUBLISHED)
 
 
 def test_a_shipped_history_is_read_instead_of_training(shelf):
@@ -80,22 +80,28 @@ def test_a_shipped_history_of_another_config_is_ignored_with_a_warning(shelf):
     assert trained == ["digits-baseline-noise0-seed0"] and out["baseline"][0]["epochs"][-1]["R@1"] == 0.1
 
 
-def test_label_noise_and_long_tail_get_their_own_names(shelf):
+def test_label_noise_long_tail_and_unshared_head_get_their_own_names(shelf):
     tmp_path, trained = shelf
     _publish(tmp_path, "baseline", 0, 0.6, noise=0.4)
     _publish(tmp_path, "baseline", 0, 0.7, imbalance=10.0)
+    _publish(tmp_path, "batchformer", 0, 0.8, shared_head=False)
     names = sorted(p.name for p in experiments.PUBLISHED.iterdir())
-    assert names == ["digits-baseline-noise0-seed0-imbalance10.json", "digits-baseline-noise0.4-seed0.json"]
+    assert names == ["digits-baseline-noise0-seed0-imbalance10.json", "digits-baseline-noise0.4-seed0.json",
+                     "digits-batchformer-noise0-seed0-unshared-head.json"]
     runs = tmp_path / "runs"
     noisy = experiments.compare("digits", runs, methods=["baseline"], seeds=[0], label_noise=0.4, published=True,
                                 progress=False)
     tail = experiments.compare("digits", runs / "imbalance10", methods=["baseline"], seeds=[0], imbalance=10.0,
                                published=True, progress=False)
     assert noisy["baseline"][0]["epochs"][-1]["R@1"] == 0.6 and tail["baseline"][0]["epochs"][-1]["R@1"] == 0.7
+    unshared = experiments.compare("digits", runs / "unshared-head", methods=["batchformer"], seeds=[0],
+                                   shared_head=False, published=True, progress=False)
+    assert unshared["batchformer"][0]["epochs"][-1]["R@1"] == 0.8
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                          # the balanced clean run: no file
         experiments.compare("digits", runs, methods=["baseline"], seeds=[0], published=True, progress=False)
-    assert trained == ["digits-baseline-noise0-seed0"]
+        experiments.compare("digits", runs, methods=["batchformer"], seeds=[0], published=True, progress=False)
+    assert trained == ["digits-baseline-noise0-seed0", "digits-batchformer-noise0-seed0"]   # shared head: no file
 
 
 SHIPPED = sorted(experiments.PUBLISHED.glob("*.json"))
@@ -108,12 +114,12 @@ def test_every_shipped_history_matches_its_preset_today(path):
     c = h["config"]
     folder = experiments.run_folder("runs", c["preset"], "baseline" if c["batch_module"] == "none" else c["batch_module"],
                                     c["seed"], c["label_noise"], c.get("corrupt", 0.0))
-    assert path.stem == experiments.published_name(folder, c.get("imbalance", 1.0))
+    assert path.stem == experiments.published_name(folder, c.get("imbalance", 1.0), c.get("shared_head", True))
     # long-tailed runs keep the balanced runs' number of steps: an explicit steps_per_epoch override
     steps = {"steps_per_epoch": c["steps_per_epoch"]} if c.get("imbalance", 1.0) != 1.0 else {}
     cfg = load_config(c["preset"], out=str(folder), seed=c["seed"], batch_module=c["batch_module"],
                       label_noise=c["label_noise"], corrupt=c.get("corrupt", 0.0), imbalance=c.get("imbalance", 1.0),
-                      **steps)
+                      shared_head=c.get("shared_head", True), **steps)
     assert config_diff(c, cfg) == {}
     assert len(h["epochs"]) == cfg.epochs and h["epochs"][-1]["epoch"] == cfg.epochs
     assert 0.0 <= h["epochs"][-1]["R@1"] <= 1.0 and "steps" not in h and h["published"]["command"]

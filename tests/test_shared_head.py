@@ -138,6 +138,8 @@ def test_embed_dataset_module_head_and_head_metrics(tmp_path):
     assert set(metrics) == {"plain head", "module head"}
     for k in ("R@1", "MAP@R"):                      # the plain head is what training evaluated
         assert metrics["plain head"][k] == pytest.approx(history["epochs"][-1][k])
+        # and training evaluated the module head too, on the same plain features
+        assert metrics["module head"][k] == pytest.approx(history["epochs"][-1][f"module_head_{k}"])
     # the module head on plain features, by hand
     net, _ = build_model(cfg, num_classes=5)
     state = torch.load(cfg.run_dir / "last.pt", weights_only=True)["model"]

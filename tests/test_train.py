@@ -124,6 +124,7 @@ def test_training_improves_and_writes_artifacts(tmp_path):
     assert saved["epochs"][-1]["R@1"] == h["epochs"][-1]["R@1"]
     assert h["epochs"][-1]["loss"] < h["epochs"][0]["loss"]
     assert "loss_plain" not in h["steps"][0] and "loss_plain" not in h["epochs"][0]   # no module, no halves
+    assert not any(k.startswith("module_head_") for k in h["epochs"][-1])             # one head only
     ck = load_checkpoint(tmp_path / "last.pt")     # weights_only=True load must work
     assert ck["epoch"] == 3 and ck["batch"] == 0
     assert not list(tmp_path.glob("*.tmp*"))       # atomic writes leave no temporary file
