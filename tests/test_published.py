@@ -134,3 +134,14 @@ def test_the_package_ships_the_glyphs_study():
     names = {p.stem for p in SHIPPED}
     want = {f"glyphs-{m}-noise{p:g}-seed{s}" for m in experiments.METHODS for s in (0, 1, 2) for p in (0.0, 0.4)}
     assert want <= names, sorted(want - names)
+
+
+def test_the_package_ships_the_long_tailed_and_unshared_head_studies():
+    """docs/results.md's long-tailed table and notebook 02's claims (a) and (b) read these."""
+    names = {p.stem for p in SHIPPED}
+    want = {f"glyphs-{m}-noise0-seed{s}-imbalance10" for m in experiments.METHODS for s in (0, 1, 2)}
+    want |= {f"glyphs-batchformer-noise0-seed{s}-unshared-head" for s in (0, 1, 2)}
+    assert want <= names, sorted(want - names)
+    for s in (0, 1, 2):                              # the unshared runs carry the module head's metrics
+        h = json.loads((experiments.PUBLISHED / f"glyphs-batchformer-noise0-seed{s}-unshared-head.json").read_text())
+        assert 0.0 <= h["epochs"][-1]["module_head_R@1"] <= 1.0
