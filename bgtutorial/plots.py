@@ -477,7 +477,7 @@ def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, titl
         fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(values), 3.4))
     fig = ax.figure
     methods = list(dict.fromkeys(m for group in values.values() for m in group))
-    width = 0.7 / max(1, len(methods))
+    width = 0.7 / max(1, max(len(group) for group in values.values()))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, method in enumerate(methods):
         xs, means, stds, n_seeds = [], [], [], set()
@@ -485,7 +485,8 @@ def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, titl
             if method not in group:
                 continue
             v = np.asarray(group[method], dtype=float)
-            x = g + (k - (len(methods) - 1) / 2) * width
+            present = [m for m in methods if m in group]          # centred on the group's tick
+            x = g + (present.index(method) - (len(present) - 1) / 2) * width
             ax.scatter(np.full(len(v), x), v, s=12, color=colours[k % len(colours)], alpha=0.45, zorder=2)
             xs.append(x), means.append(v.mean()), stds.append(v.std(ddof=1) if len(v) > 1 else 0.0)
             n_seeds.add(len(v))
@@ -493,6 +494,7 @@ def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, titl
         ax.errorbar(xs, means, yerr=stds, fmt="o", ms=6, capsize=4, color=colours[k % len(colours)], zorder=3,
                     label=f"{method} (mean ± std, {seeds} seed{'s' if seeds != '1' else ''})")
     ax.set_xticks(range(len(values)), list(values), fontsize=8)
+    ax.set_xlim(-0.5, len(values) - 0.5)                         # room for the outer groups' labels
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     if legend:

@@ -73,6 +73,9 @@ def test_seed_spread_plots_mean_and_std():
                    if line.get_marker() == "o")
     assert means == sorted([[0.6, 0.2], [0.6]])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["balanced", "long-tailed"]
+    xs = {tuple(np.round(np.asarray(line.get_xdata(), float), 6)) for line in ax.lines if line.get_marker() == "o"}
+    # two methods straddle the first tick; the second group's only method sits on its tick
+    assert xs == {(-0.175, 1.0), (0.175,)}
     plt.close("all")
 
 
