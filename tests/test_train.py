@@ -49,13 +49,20 @@ def test_retrieval_net_contract():
     assert e2.shape == (6, 32) and torch.equal(y2, y)
 
 
-def test_plain_weight_splits_the_doubled_batch():
+def _doubled_batch_and_losses():
+    """A doubled batch (8, 16) of two halves of 4, and one Proxy-Anchor loss over it in two forms:
+    ``joint`` (one loss over 2B) and ``split`` (0.25·plain + 0.75·module), with the same proxies."""
     torch.manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
     y = torch.tensor([0, 0, 1, 1] * 2)
     joint = MetricLoss("proxy_anchor", 3, 16)
     split = MetricLoss("proxy_anchor", 3, 16, plain_weight=0.25)
     split.load_state_dict(joint.state_dict())
+    return emb, y, joint, split
+
+
+def test_plain_weight_splits_the_doubled_batch():
+    emb, y, joint, split = _doubled_batch_and_losses()
     expect = 0.25 * joint(emb[:4], y[:4]) + 0.75 * joint(emb[4:], y[4:])
     torch.testing.assert_close(split(emb, y, batch_size=4), expect)
     assert not torch.allclose(joint(emb, y, batch_size=4), expect)
@@ -65,12 +72,7 @@ def test_plain_weight_splits_the_doubled_batch():
 def test_loss_keeps_each_halfs_loss_for_the_log():
     """``last_parts`` = the loss of the plain and of the module half, scored apart, whether the
     training loss weights the halves (``plain_weight``) or runs once over the doubled batch."""
-    torch.manual_seed(0)
-    emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
-    y = torch.tensor([0, 0, 1, 1] * 2)
-    joint = MetricLoss("proxy_anchor", 3, 16)
-    split = MetricLoss("proxy_anchor", 3, 16, plain_weight=0.25)
-    split.load_state_dict(joint.state_dict())
+    emb, y, joint, split = _doubled_batch_and_losses()
     halves = (joint(emb[:4], y[:4]), joint(emb[4:], y[4:]))
     assert joint.last_parts is None                  # a plain batch: nothing to split
     for loss in (joint, split):
