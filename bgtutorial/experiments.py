@@ -29,7 +29,7 @@ from .utils import CLI_ERRORS, bars_disabled
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
-           "publish_history", "optimiser_steps"]
+           "publish_history", "optimiser_steps", "paired_summary"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -278,6 +278,32 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last.pt", dev=None):
     net = build_net(cfg, pretrained=False).to(dev)
     net.load_state_dict(load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"])
     return cfg, net.eval()
+
+
+def paired_summary(treatment: Sequence[float], baseline: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """The paired comparison of two methods run with the same seeds: per-seed differences treatment − baseline.
+
+    Args:
+        treatment, baseline: one value per seed (e.g. the final R@1), index i of both from seed i.
+        confidence: of the two-sided Student-t interval on the mean difference.
+    Returns:
+        ``{"mean", "low", "high", "n", "std", "differences"}``: the mean difference, its interval
+        ``mean ± t_{(1+confidence)/2, n-1} · std / sqrt(n)`` (std of the differences, n − 1 in the
+        denominator) and the n differences. A claim is "supported" when the interval excludes 0.
+    """
+    from scipy import stats   # the Student-t quantile
+
+    if len(treatment) != len(baseline):
+        raise ValueError(f"paired values need one per seed on both sides: got {len(treatment)} treatment and "
+                         f"{len(baseline)} baseline values (run every method with the same seeds)")
+    if len(treatment) < 2:
+        raise ValueError(f"an interval needs at least 2 paired seeds, got {len(treatment)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    diffs = [float(t) - float(b) for t, b in zip(treatment, baseline)]
+    n, mean, std = len(diffs), statistics.mean(diffs), statistics.stdev(diffs)
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / n ** 0.5
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "std": std, "differences": diffs}
 
 
 def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> dict[str, tuple[float, float, int]]:

@@ -8,12 +8,16 @@ never touches it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-__all__ = ["RetrievalNet", "SmallCNN", "build_backbone", "backbone_weights", "input_stats", "BACKBONES",
+__all__ = ["RetrievalNet", "SmallCNN", "build_backbone", "load_glyph_weights", "GLYPH_WEIGHTS", "backbone_weights", "input_stats", "BACKBONES",
            "BATCH_MODULES", "POOLINGS", "HEAD_INITS", "make_batch_module"]
 
 BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "vit_s16")
@@ -30,8 +34,13 @@ POOLINGS = ("avg", "avgmax")
 HEAD_INITS = ("default", "kaiming_fanout", "orthogonal")
 
 
+#: the glyph backbone's pretrained weights, shipped in the package (``python -m bgtutorial.pretrain`` made
+#: them, on characters disjoint from the retrieval set); the JSON beside them holds their sha256
+GLYPH_WEIGHTS = Path(__file__).parent / "weights" / "glyph-smallcnn.pt"
+
+
 class SmallCNN(nn.Module):
-    """A 4-block CNN for the embedded digits and smoke runs: (B, 3, H, W) -> (B, 8·width).
+    """A 4-block CNN for the embedded glyphs, digits and smoke runs: (B, 3, H, W) -> (B, 8·width).
 
     The input is first standardised per image and channel (instance normalisation): the
     digits' ink and background colours are random, and this lets a small network learn
@@ -52,6 +61,23 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).mean(dim=(2, 3))    # global average pooling: (B, C)
+
+
+def load_glyph_weights(net: SmallCNN, path: str | Path = GLYPH_WEIGHTS) -> SmallCNN:
+    """Load the shipped glyph-pretrained weights into ``net`` (offline), after checking the file's sha256
+    against the JSON beside it; return ``net``. The glyph backbone's ImageNet: see ``bgtutorial.pretrain``."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"the glyph backbone's weights {path} (or {meta_path.name}) are missing: reinstall "
+                                "bgtutorial, or make them with `python -m bgtutorial.pretrain`, or use pretrained=false")
+    expected = json.loads(meta_path.read_text())["sha256"]
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != expected:
+        raise ValueError(f"{path} has sha256 {found[:12]}..., its JSON says {expected[:12]}...: the file is damaged or "
+                         "not the one the JSON describes; reinstall bgtutorial or run `python -m bgtutorial.pretrain`")
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net
 
 
 def backbone_weights(name: str) -> "torchvision.models.WeightsEnum":
@@ -88,7 +114,8 @@ def build_backbone(name: str, pretrained: bool = True, pooling: str = "avg") -> 
     """A backbone that maps images (B, 3, H, W) to pooled features (B, D); returns it and D.
 
     ResNets come from torchvision with their real weights API (``weights=DEFAULT`` when
-    ``pretrained``; the download then happens once, into torch's cache). ``pooling``
+    ``pretrained``; the download then happens once, into torch's cache); the SmallCNN's pretrained
+    weights are the glyph backbone's, shipped in the package (:func:`load_glyph_weights`). ``pooling``
     ("avg" or "avgmax", see :data:`POOLINGS`) applies to the ResNets only.
     """
     if name not in BACKBONES:
@@ -97,9 +124,9 @@ def build_backbone(name: str, pretrained: bool = True, pooling: str = "avg") -> 
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if pooling != "avg" and not name.startswith("resnet"):
         raise ValueError(f"pooling={pooling!r} is for the ResNet backbones; {name} pools on its own (use 'avg')")
-    if name == "smallcnn":
+    if name == "smallcnn":     # pretrained: the shipped glyph weights (no download)
         net = SmallCNN()
-        return net, net.out_dim
+        return (load_glyph_weights(net) if pretrained else net), net.out_dim
     if name in TIMM_MODELS:
         import timm  # weights come through timm's pretrained API (a download only when pretrained=True)
 

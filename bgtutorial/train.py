@@ -60,7 +60,7 @@ from .utils import CLI_ERRORS, autocast_dtype, bars_disabled, device, seed_every
 __all__ = ["Config", "load_config", "train", "evaluate", "embed_dataset", "build_datasets", "build_model",
            "load_checkpoint", "PRESETS"]
 
-PRESETS = ("glyphs", "digits", "smoke", "cub-resnet50", "cub-vits")
+PRESETS = ("glyphs", "glyphs-quick", "glyphs-scratch", "digits", "smoke", "cub-resnet50", "cub-vits")
 DATASETS = ("glyphs", "digits", "fake-cub", "cub")
 MODULES = tuple(BATCH_MODULES)         # "none", "batchformer", "bgformer": listed once, in models.py
 SAMPLERS = ("m_per_class", "random")

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 from ..utils import bars_disabled
 
 __all__ = ["GlyphsRetrieval", "FACES", "SCRIPTS", "Face", "candidate_characters", "glyph_code", "faces_of",
-           "reference_masks", "lookalike_distances", "lookalike_matrix", "dedupe", "select_classes", "split_classes", "render_class",
+           "reference_masks", "near_ink", "lookalike_distances", "lookalike_matrix", "dedupe", "select_classes", "split_classes", "render_class",
            "build_glyphs", "font_dir", "Selection", "script_of"]
 
 
@@ -275,6 +275,14 @@ def reference_masks(chars: Sequence[str], faces: Sequence[Face] | None = None, s
     return masks, present
 
 
+def near_ink(ink: torch.Tensor, radius: float) -> torch.Tensor:
+    """Pixels within ``radius`` px of any ink: (N, 1, H, W) float ink in {0, 1} -> (N, 1, H, W) bool."""
+    r = int(radius)                                                   # pixel offsets are whole numbers
+    yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
+    disk = rearrange((yy ** 2 + xx ** 2 <= radius ** 2 + 1e-6).float(), "h w -> 1 1 h w")
+    return F.conv2d(ink, disk, padding=r) > 0
+
+
 def lookalike_distances(chars: Sequence[str], faces: Sequence[Face] | None = None, radius: float = LOOKALIKE_RADIUS,
                         aspects: Sequence[float] = ASPECTS) -> torch.Tensor:
     """How different two characters look in each face: (N, N, F), 0 for identical renderings, NaN where
@@ -288,11 +296,8 @@ def lookalike_distances(chars: Sequence[str], faces: Sequence[Face] | None = Non
         raise ValueError("aspects must contain 1.0 (the unstretched rendering)")
     masks, present = reference_masks(chars, faces, aspects=aspects)
     n, n_faces, n_aspects, size, _ = masks.shape
-    r = int(radius)                                                   # pixel offsets are whole numbers
-    yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
-    disk = rearrange((yy ** 2 + xx ** 2 <= radius ** 2 + 1e-6).float(), "h w -> 1 1 h w")
     ink = rearrange(masks.float(), "n f a h w -> (n f a) 1 h w")
-    near = F.conv2d(ink, disk, padding=r) > 0                         # within `radius` of the glyph's ink
+    near = near_ink(ink, radius)                                      # within `radius` of the glyph's ink
     ink = rearrange(ink, "(n f a) 1 h w -> f n a (h w)", n=n, f=n_faces).contiguous()
     far = rearrange((~near).float(), "(n f a) 1 h w -> f n a (h w)", n=n, f=n_faces).contiguous()
     area = ink.sum(-1).clamp(min=1)                                   # (F, N, A) ink pixels
