@@ -8,7 +8,10 @@ the module (docs/method.md, "BatchFormer").
 
 Each layer is the post-norm encoder layer of the authors' code
 (``torch.nn.TransformerEncoderLayer(D, nhead=4, dim_feedforward=D, dropout=0.5)``)
-written out with einops and ``scaled_dot_product_attention``.
+written out with einops and ``scaled_dot_product_attention``, and initialised as that layer is:
+``nn.MultiheadAttention`` draws its packed Q/K/V weight Xavier-uniform and zeroes the Q/K/V and
+output-projection biases; the FFN, the output-projection weight and the LayerNorms keep
+``nn.Linear``'s and ``nn.LayerNorm``'s own initialisation.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ class BatchFormerLayer(nn.Module):
     """One post-norm encoder layer across the batch: (B, D) -> (B, D).
 
     ``x = LN1(x + Drop(MHSA(x)));  x = LN2(x + Drop(W2 Drop(ReLU(W1 x))))``, where the
-    attention runs over the B samples (a sequence of length B, one "batch" element).
+    attention runs over the B samples (a sequence of length B, one "batch" element). A fresh
+    layer starts where ``nn.TransformerEncoderLayer`` does (see :meth:`reset_attention_parameters`).
     """
 
     def __init__(self, dim: int, num_heads: int = 4, ffn_dim: int | None = None, dropout: float = 0.5) -> None:
@@ -48,6 +52,15 @@ class BatchFormerLayer(nn.Module):
         self.ffn1, self.ffn2 = nn.Linear(dim, ffn_dim), nn.Linear(ffn_dim, dim)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
+        self.reset_attention_parameters()
+
+    @torch.no_grad()
+    def reset_attention_parameters(self) -> None:
+        """Initialise the attention as ``nn.MultiheadAttention._reset_parameters`` does: the packed
+        W_Q, W_K, W_V (3D, D) Xavier-uniform (bound sqrt(6 / (D + 3D))), their bias and W_O's bias 0."""
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.proj.bias)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Multi-head self-attention over the batch: (B, D) -> (B, D), before W_O's residual."""

@@ -11,31 +11,58 @@ docs/method.md, section "BGFormer". On the pooled features X (B, D) of a mini-ba
 Training only, like BatchFormer: ``augment(x, y)`` returns ``(cat[x, BGF(x, y)], cat[y, y])``
 with the plain half first; at evaluation it is the identity, so no labels are needed at test.
 
-Which K keys a query keeps is the ``graph`` option:
+The authors' compiled code of that period, shipped without source in SissiW/DyBGR under
+``net/__pycache__/`` (dates: the source-file times in the .pyc headers, UTC; git cannot order
+them, one upload added them all in 2024), holds two visual paths:
 
-* ``"logits"`` (default, the authors' code): per head and per query, the K largest attention
-  logits ``q·kᵀ/√d``; the graph is *learned* and differs from head to head. Source: the
-  authors' compiled code shipped in SissiW/DyBGR, ``net/__pycache__/SGFormer.cpython-39.pyc``,
-  class ``Attention_VG``, ``forward`` (source lines 64-91): top-K of the scaled logits, softmax
-  over the kept ones, attention dropout, scatter into a zero matrix, ``attn @ v``.
-* ``"features"``: one fixed kNN graph on the block's input, ``LN(X)·LN(X)ᵀ``, shared by all
-  heads, each node kept as its own neighbour (``bgtutorial.graph.visual_graph``).
+* ``SGFormer.cpython-39.pyc`` (2022-09-30), ``Attention_VG.forward`` (source lines 64-91): Q/K/V
+  from one packed linear, per head and per query the K largest logits ``q·kᵀ/√d``, softmax over
+  those, attention dropout, scatter into a zero matrix, ``attn @ v``, output projection.
+* ``SGFormer2.cpython-39.pyc`` (2022-10-08), ``Attention_VG.forward`` (lines 61-84): no Q/K/V and
+  no softmax; the K largest entries of each row of ``X̂X̂ᵀ`` (a plain ``topk``, the node itself not
+  forced in), min-max rescaled to [0, 1], attention dropout, scattered into zeros, output ``A X̂``.
+  Its ``Block`` (lines 121-149) sends both paths through one shared output projection.
 
-and the visual path itself is the ``visual`` option: ``"attention"`` (Q/K/V attention, the
-default) or ``"minmax"`` (the authors' Q/K/V-free variant ``SGFormer2``: kept feature
-similarities min-max rescaled per row, no softmax, output ``A X̂``; it always uses the
-feature graph). The follow-up's CUB run (DyBGR ``train.sh``) is ``k=30, lam=0.3, depth=2,
-dropout=0.0``: every option here is a plain constructor argument.
+The newest wrapper, ``model_SGFormer.cpython-39.pyc`` (2022-10-26, weeks before the arXiv
+version), imports ``from .SGFormer2 import *`` (source line 6) and builds its blocks on the 384-d
+ViT-S feature: the model it builds uses the min-max block, and no compiled wrapper in the
+repository imports ``SGFormer``. Which block produced the published figures is not known.
 
-Deviations from the authors' ``Attention_VG.forward``, with reasons:
+``visual="attention"`` (Q/K/V, ``SGFormer``) is *our* default: it is the self-attention that the
+abstract's "structure-constrained self-attention" names, its graph is learned, and its output is
+a convex combination of values, so the block's scale does not grow with K (the min-max weights
+of a row sum to anywhere between 1 and K-1). ``visual="minmax"`` gives ``SGFormer2``'s block as
+written: with it, ``graph``, ``tied_projection`` and ``self_loops`` default to that file's
+choices. Every choice is a constructor option:
+
+* ``graph``: which K keys a query keeps. ``"logits"`` (default for attention): per head and per
+  query, the K largest attention logits; the graph is learned and differs from head to head.
+  ``"features"``: one fixed kNN graph on the block's input ``LN(X)·LN(X)ᵀ``, shared by all heads
+  (``bgtutorial.graph.visual_graph``); the only graph the min-max path can use.
+* ``self_loops``: whether the feature graph forces each node into its own neighbour list
+  (default True for attention's feature graph, False for min-max, as ``SGFormer2`` line 71).
+* ``tied_projection``: one output projection P for both paths, ``X ← X + λ·P(V) + (1-λ)·P(S)``,
+  as ``SGFormer2``'s ``Block`` (``self.proj`` + ``self.proj_drop``, lines 136-137, 143-144),
+  with a bias on the label path's W (``Attention_SG.qkv``, built with ``qkv_bias=True`` by
+  ``model_SGFormer`` line 51; with separate projections that bias folds into P_s's, since each
+  row of Â sums to 1). Default: True for min-max, False for attention (``SGFormer``'s attention
+  and label path each end in their own projection).
+* ``attention_dropout``: dropout on the visual weights, Q/K/V or min-max (both files apply
+  ``attn_drop`` there); default: ``dropout``.
+
+The follow-up's CUB run (DyBGR ``train.sh``) is ``k=30, lam=0.3, depth=2, dropout=0.0``.
+
+Deviations from the compiled ``Attention_VG.forward`` of both files, with reasons:
 
 * K is ``min(k, B)`` for each call; their code overwrites its stored K with B the first time a
   batch is smaller than K (and whenever B == 100), which then sticks for later batches.
-* Ties among the logits are broken towards the lower key index (a stable descending sort), so
-  the kept set never depends on the device or the ``topk`` kernel; theirs uses ``torch.topk``,
-  whose choice among equal values is unspecified.
-* Their attention ends with its own output projection and dropout; here the block's ``P_v``
-  (linear + dropout) plays that role, which is the same computation.
+* Ties are broken towards the lower key index (a stable descending sort), so the kept set never
+  depends on the device or the ``topk`` kernel; ``torch.topk``'s choice among equal values is
+  unspecified.
+* Q/K/V: their attention ends with its own output projection and dropout; here the block's
+  ``P_v`` (linear + dropout) plays that role, which is the same computation.
+* Min-max: a row whose kept similarities are all equal (e.g. K = 1) gets weight 1 on each kept
+  entry; theirs divides 0 by 0 there (NaN).
 """
 from __future__ import annotations
 
@@ -64,7 +91,8 @@ def topk_attention_weights(logits: torch.Tensor, k: int, dropout_p: float = 0.0,
     The row's own index is not forced in. Ties: a stable descending sort keeps, among equal
     logits, the one with the lower column index, on every device.
 
-    Source: SissiW/DyBGR, compiled ``net/SGFormer.py``, ``Attention_VG.forward`` lines 76-82.
+    Source: SissiW/DyBGR, compiled ``net/SGFormer.py`` (``SGFormer.cpython-39.pyc``),
+    ``Attention_VG.forward`` lines 76-82.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -79,7 +107,7 @@ def topk_attention_weights(logits: torch.Tensor, k: int, dropout_p: float = 0.0,
 class StructureConstrainedAttention(nn.Module):
     """Multi-head attention whose softmax runs over K keys per query only: (B, D) -> (B, D).
 
-    With ``adj=None`` (the default, the authors' code) each head picks, for each query, the K
+    With ``adj=None`` (the default, as ``SGFormer``'s ``Attention_VG``) each head picks, for each query, the K
     keys with the largest logits ``q·kᵀ/√d`` (``topk_attention_weights``). With a fixed
     adjacency ``adj`` (B, B) bool, every head attends along its edges instead (softmax over the
     row's edges, dropout on the weights). Returns the concatenated heads (B, D); the block's
@@ -118,11 +146,17 @@ class StructureConstrainedAttention(nn.Module):
 
 
 class MinMaxGraphAggregation(nn.Module):
-    """Variant (a) of the authors' code: ``A X̂`` with A the kept similarities min-max rescaled per row.
+    """The authors' ``SGFormer2`` visual path: ``A X̂`` with A the kept similarities min-max rescaled per row.
 
-    (B, D), graph (B, B) bool -> (B, D). No parameters, no softmax; non-edges get weight 0. A row
-    whose kept scores are all equal gets weight 1 on each of its edges.
+    (B, D), graph (B, B) bool -> (B, D). No parameters, no softmax; non-edges get weight 0, the
+    row's least similar kept entry 0 and its most similar 1, so a row's weights sum to anywhere
+    between 1 and K-1. A row whose kept scores are all equal gets weight 1 on each of its edges.
+    Dropout (probability ``dropout``, in training) acts on the weights, as ``SGFormer2`` line 80.
     """
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor,
                 return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -132,56 +166,70 @@ class MinMaxGraphAggregation(nn.Module):
         hi = sim.masked_fill(~adj, float("-inf")).amax(1, keepdim=True)
         span = hi - lo
         a = torch.where(span > 0, (sim - lo) / span.clamp_min(1e-12), torch.ones_like(sim)) * adj
+        a = F.dropout(a, self.dropout, self.training)                      # (B, B), still 0 off the graph
         out = a @ x                                                        # (B, D)
         return (out, rearrange(a, "i j -> 1 i j")) if return_attention else out
 
 
 class SemanticPropagation(nn.Module):
-    """Label-graph propagation ``Â (X W)``: (B, D), (B, B) float -> (B, D)."""
+    """Label-graph propagation ``Â (X W + b)``: (B, D), (B, B) float -> (B, D); ``bias=False`` drops b."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, bias: bool = False) -> None:
         super().__init__()
-        self.weight = nn.Linear(dim, dim, bias=False)
+        self.weight = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, a_norm: torch.Tensor) -> torch.Tensor:
         return a_norm.to(x.dtype) @ self.weight(x)
 
 
-def _check_options(lam: float, visual: str, graph: str | None) -> str:
-    """Validate ``lam``, ``visual`` and ``graph``; return the graph actually used."""
+def _check_options(lam: float, visual: str, graph: str | None, self_loops: bool | None,
+                   tied_projection: bool | None) -> tuple[str, bool, bool]:
+    """Validate the block's options; return the graph, self-loop and tied-projection choices actually used."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     if visual not in VISUALS:
         raise ValueError(f"visual must be 'attention' or 'minmax', got {visual!r}")
     if graph is None:
-        return "logits" if visual == "attention" else "features"
+        graph = "logits" if visual == "attention" else "features"
     if graph not in GRAPHS:
         raise ValueError(f"graph must be 'logits' or 'features', got {graph!r}")
     if visual == "minmax" and graph == "logits":
         raise ValueError("visual='minmax' has no attention logits to choose a graph from: use graph='features' "
                          "(or leave graph=None)")
-    return graph
+    if graph == "logits" and self_loops:
+        raise ValueError("self_loops applies to the fixed feature graph only (the logits graph never forces a "
+                         "node in): use graph='features', or leave self_loops=None")
+    self_loops = (visual == "attention") if self_loops is None else self_loops
+    tied_projection = (visual == "minmax") if tied_projection is None else tied_projection
+    return graph, self_loops, tied_projection
 
 
 class BGFormerBlock(nn.Module):
     """One BGFormer block (see the module docstring): (B, D), labels (B,) or None -> (B, D).
 
-    ``graph=None`` picks the variant's own graph: "logits" for ``visual="attention"``,
-    "features" for ``visual="minmax"``.
+    ``graph``, ``self_loops`` and ``tied_projection`` left at None take the visual path's own
+    choices: the logits graph and two projections for ``visual="attention"``; the feature graph
+    without forced self-loops and one shared projection for ``visual="minmax"`` (``SGFormer2``).
+    ``attention_dropout`` (None: ``dropout``) acts on the visual weights.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, k: int = 8, lam: float = 0.5, visual: str = "attention",
                  dropout: float = 0.1, ffn_mult: int = 4, require_positive_pairs: bool = True,
-                 graph: str | None = None) -> None:
+                 graph: str | None = None, tied_projection: bool | None = None, self_loops: bool | None = None,
+                 attention_dropout: float | None = None) -> None:
         super().__init__()
-        self.graph_kind = _check_options(lam, visual, graph)
+        self.graph_kind, self.self_loops, self.tied_projection = _check_options(lam, visual, graph, self_loops,
+                                                                                tied_projection)
         self.k, self.lam, self.require_positive_pairs = k, lam, require_positive_pairs
+        attn_drop = dropout if attention_dropout is None else attention_dropout
         self.norm = nn.LayerNorm(dim)
-        self.visual = StructureConstrainedAttention(dim, num_heads, k, dropout) if visual == "attention" \
-            else MinMaxGraphAggregation()
-        self.semantic = SemanticPropagation(dim)
+        self.visual = StructureConstrainedAttention(dim, num_heads, k, attn_drop) if visual == "attention" \
+            else MinMaxGraphAggregation(attn_drop)
+        self.semantic = SemanticPropagation(dim, bias=self.tied_projection)
         self.proj_visual = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
-        self.proj_semantic = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
+        # tied: one module under both names, SGFormer2's single ``proj`` + ``proj_drop`` (each call its own mask)
+        self.proj_semantic = self.proj_visual if self.tied_projection else \
+            nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
         self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(ffn_mult * dim, dim), nn.Dropout(dropout))
 
@@ -189,7 +237,8 @@ class BGFormerBlock(nn.Module):
         """The fixed graphs of this block: the label graph of ``y`` (B,) and, with ``graph="features"``,
         the kNN graph of ``xn = LN(x)`` (B, D); with ``graph="logits"`` the attention picks its own."""
         xg = xn.detach() if self.graph_kind == "features" else None
-        return BatchGraph.build(xg, y if self.lam < 1 else None, self.k, self.require_positive_pairs)
+        return BatchGraph.build(xg, y if self.lam < 1 else None, self.k, self.require_positive_pairs,
+                                self.self_loops)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
                 return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -216,26 +265,34 @@ class BGFormer(nn.Module):
         num_heads: heads of the structure-constrained attention.
         depth: blocks (1-2 in the authors' runs).
         k: keys kept per query: per head from the attention logits (``graph="logits"``), or
-            neighbours per node in the feature kNN graph, self included (``graph="features"``);
-            ``k >= B`` means the full graph.
+            neighbours per node in the feature kNN graph (``graph="features"``; self included when
+            ``self_loops``); ``k >= B`` means the full graph.
         lam: λ, weight of the visual path against the label path (0.1-0.7 in the authors' runs).
         visual: "attention" (default) or "minmax" (see the module docstring).
-        dropout: on the attention weights, the projections and the FFN.
+        dropout: on the projections and the FFN (and on the visual weights unless ``attention_dropout``).
         ffn_mult: FFN hidden width as a multiple of D.
         require_positive_pairs: raise on a batch in which no two samples share a label.
-        graph: "logits" (per-head top-K of the attention logits, the authors' code), "features"
+        graph: "logits" (per-head top-K of the attention logits, ``SGFormer``), "features"
             (one fixed kNN graph on LN(x)), or None: "logits" for attention, "features" for minmax.
+        tied_projection: one output projection for the visual and the label path, with a bias on
+            the label path's W (``SGFormer2``'s block); None: True for minmax, False for attention.
+        self_loops: the feature graph keeps each node as its own neighbour; None: True for
+            attention, False for minmax (``SGFormer2``'s plain top-K). Feature graph only.
+        attention_dropout: dropout on the visual weights (Q/K/V softmax or min-max); None: ``dropout``.
 
     The follow-up's CUB setting (DyBGR ``train.sh``) is ``BGFormer(dim, k=30, lam=0.3, depth=2, dropout=0.0)``.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, depth: int = 1, k: int = 8, lam: float = 0.5,
                  visual: str = "attention", dropout: float = 0.1, ffn_mult: int = 4,
-                 require_positive_pairs: bool = True, graph: str | None = None) -> None:
+                 require_positive_pairs: bool = True, graph: str | None = None,
+                 tied_projection: bool | None = None, self_loops: bool | None = None,
+                 attention_dropout: float | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.blocks = nn.ModuleList(BGFormerBlock(dim, num_heads, k, lam, visual, dropout, ffn_mult,
-                                                  require_positive_pairs, graph) for _ in range(depth))
+                                                  require_positive_pairs, graph, tied_projection, self_loops,
+                                                  attention_dropout) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
                 return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:

@@ -230,13 +230,21 @@ def _test_time_net(run_dir: Path, checkpoint: str, **overrides: Any):
 def embed_run(run_dir: str | Path, checkpoint: str = "last.pt", **overrides: Any):
     """Test-set embeddings of a finished run with the *test-time* network (no batch module).
 
-    Returns ``(embeddings (N, E), labels (N,), test dataset)``. The weights are the last
-    epoch's (``last.pt``): nothing is chosen on the test classes. The batch module's weights are
-    not loaded: thanks to the shared head the test-time network has no module.
+    Returns ``(embeddings (N, E), labels (N,), test dataset)``, the points the run's history scores:
+    L2-normalised head outputs, ranked by cosine (``metrics.knn``, ``retrieval_metrics``), or, for a
+    run trained with the hyperbolic loss, the head outputs mapped into its Poincaré ball
+    (``losses.to_poincare``), ranked by Poincaré distance (``losses.poincare_knn``,
+    ``train.poincare_metrics``); cosine on those would score another ranking than the history's.
+    The weights are the last epoch's (``last.pt``): nothing is chosen on the test classes. The batch
+    module's weights are not loaded: thanks to the shared head the test-time network has no module.
     """
+    from .losses import to_poincare
     from .train import embed_dataset
 
     cfg, model, test_ds, dev = _test_time_net(Path(run_dir), checkpoint, **overrides)
+    if cfg.loss == "hyperbolic":
+        head, _, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev, outputs="head_and_features")
+        return to_poincare(head, cfg.curvature, cfg.clip_r), labels, test_ds
     emb, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev)
     return emb, labels, test_ds
 
@@ -247,18 +255,19 @@ def head_metrics(run_dir: str | Path, checkpoint: str = "last.pt", with_nmi: boo
 
     ``{"plain head": metrics}``, plus ``"module head"`` for a run trained with ``shared_head=False``:
     the module stream's own head applied to features that never went through the batch module,
-    the train/test mismatch that BatchFormer's shared head avoids. Weights are ``last.pt``'s.
+    the train/test mismatch that BatchFormer's shared head avoids. Weights are ``last.pt``'s. The
+    scores are :func:`bgtutorial.train.evaluate`'s, the ones a history records: cosine, or for a
+    hyperbolic run Poincaré distance on the head output plus cosine on the backbone feature
+    (``feat_`` keys, plain head only).
     """
-    from .metrics import retrieval_metrics
-    from .train import embed_dataset
+    from .train import evaluate
 
     cfg, model, test_ds, dev = _test_time_net(Path(run_dir), checkpoint, **overrides)
-    out = {}
-    for name, outputs in (("plain head", "embedding"), ("module head", "module_head")):
-        if outputs == "module_head" and model.module_head is None:
-            continue
-        emb, labels = embed_dataset(model, test_ds, cfg.eval_batch_size, dev, outputs=outputs)
-        out[name] = retrieval_metrics(emb, labels, with_nmi=with_nmi)
+    scores = evaluate(model, test_ds, cfg.eval_batch_size, with_nmi, dev, cfg)
+    out = {"plain head": {k: v for k, v in scores.items() if not k.startswith("module_head_")}}
+    module = {k.removeprefix("module_head_"): v for k, v in scores.items() if k.startswith("module_head_")}
+    if module:
+        out["module head"] = module
     return out
 
 

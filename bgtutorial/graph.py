@@ -1,7 +1,7 @@
 """The batch graph of BGFormer: visual (feature kNN) and semantic (label) relations in a mini-batch.
 
 docs/method.md, "BGFormer". Adjacencies are boolean (B, B) matrices, row i listing the
-samples node i may draw from; every node is its own neighbour.
+samples node i may draw from; by default every node is its own neighbour.
 
 The fixed feature-kNN graph here serves BGFormer's ``graph="features"`` option and the
 ``visual="minmax"`` variant; the default attention chooses its graph per head from its own
@@ -18,11 +18,14 @@ __all__ = ["visual_graph", "semantic_graph", "normalize_adjacency", "same_label_
 
 
 @torch.no_grad()
-def visual_graph(x: torch.Tensor, k: int) -> torch.Tensor:
+def visual_graph(x: torch.Tensor, k: int, include_self: bool = True) -> torch.Tensor:
     """kNN adjacency (B, B) bool from similarities ``S = x xᵀ``: row i keeps its top-k entries.
 
-    The node itself is always kept (it counts as one of the k), so each row has exactly
-    ``min(k, B)`` neighbours; ``k >= B`` gives the full graph. Ties are broken by index.
+    With ``include_self`` (the default) the node itself is always kept and counts as one of the k;
+    without it, row i keeps the k largest entries of ``S[i]`` whatever they are, its own ``S[i, i]``
+    competing like any other (the authors' min-max block, ``SGFormer2`` ``Attention_VG.forward``
+    source line 71, a plain ``topk``). Each row has exactly ``min(k, B)`` neighbours; ``k >= B``
+    gives the full graph. Ties go to the lower column index.
     """
     if x.ndim != 2:
         raise ValueError(f"visual_graph expects features (B, D), got shape {tuple(x.shape)}")
@@ -32,8 +35,9 @@ def visual_graph(x: torch.Tensor, k: int) -> torch.Tensor:
     if k >= b:
         return torch.ones(b, b, dtype=torch.bool, device=x.device)
     sim = x.float() @ x.float().T                                   # (B, B)
-    sim.fill_diagonal_(float("inf"))                                # self first
-    idx = sim.topk(k, dim=1).indices                                # (B, k)
+    if include_self:
+        sim.fill_diagonal_(float("inf"))                            # self first
+    idx = sim.sort(dim=1, descending=True, stable=True).indices[:, :k]   # (B, k), ties: lower index
     adj = torch.zeros(b, b, dtype=torch.bool, device=x.device)
     return adj.scatter_(1, idx, True)
 
@@ -105,11 +109,11 @@ class BatchGraph:
 
     @classmethod
     def build(cls, x: torch.Tensor | None, y: torch.Tensor | None, k: int,
-              require_positive: bool = False) -> "BatchGraph":
-        """Visual kNN graph of features ``x`` (B, D) (none when ``x`` is None) and, when labels
-        (B,) are given, the label graph."""
+              require_positive: bool = False, include_self: bool = True) -> "BatchGraph":
+        """Visual kNN graph of features ``x`` (B, D) (none when ``x`` is None; ``include_self`` as in
+        :func:`visual_graph`) and, when labels (B,) are given, the label graph."""
         sem = semantic_graph(y, require_positive) if y is not None else None
-        vis = visual_graph(x, k) if x is not None else None
+        vis = visual_graph(x, k, include_self) if x is not None else None
         return cls(vis, sem, normalize_adjacency(sem) if sem is not None else None)
 
     @property

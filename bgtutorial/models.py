@@ -182,8 +182,11 @@ class RetrievalNet(nn.Module):
         head_init: "default", "kaiming_fanout" or "orthogonal" (:data:`HEAD_INITS`).
         normalize: L2-normalise embeddings in training too (True for Proxy-Anchor / MS). With
             False (hyperbolic loss, which maps raw embeddings into the Poincaré ball itself) the
-            training embeddings are raw; at evaluation they are always L2-normalised, so
-            retrieval ranks by cosine similarity (our reading for the hyperbolic tier).
+            training embeddings are raw. ``forward`` in eval mode always returns L2-normalised
+            embeddings (cosine ranking), but a hyperbolic run is not scored on them:
+            ``train.evaluate`` and ``experiments.embed_run``/``head_metrics`` rank the raw head
+            output mapped into the ball by Poincaré distance, and the backbone feature by cosine,
+            as Hyp-ViT does.
         shared_head: True (BatchFormer's design): one head embeds the plain and the module
             stream. False: the module stream (the second half of the doubled batch) goes through
             its own head ``module_head`` (same shape and initialisation rule), which the test-time

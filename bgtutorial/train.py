@@ -609,21 +609,30 @@ def embed_dataset(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, 
     return torch.cat(heads), torch.cat(feats), torch.cat(labels)
 
 
-def hyperbolic_metrics(head: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, c: float, clip_r: float,
-                       with_nmi: bool = True) -> dict[str, float]:
-    """Hyp-ViT's two evaluations (helpers.py L19-53): Recall@K and MAP@R by Poincaré distance on the
-    head output mapped into the ball (the main figures, with NMI of k-means on the ball's coordinates),
-    and by cosine on the backbone feature (keys prefixed ``feat_``)."""
-    from .losses import poincare_knn, to_poincare
+def poincare_metrics(z: torch.Tensor, labels: torch.Tensor, c: float, with_nmi: bool = True) -> dict[str, float]:
+    """Recall@1/2/4/8 and MAP@R of points ``z`` (N, E) inside the Poincaré ball, ranked by Poincaré
+    distance (Hyp-ViT's helpers.py L19-32), and NMI of k-means on the ball's coordinates."""
+    from .losses import poincare_knn
     from .metrics import map_at_r, nmi, recall_at_k
 
-    z = to_poincare(head.float(), c, clip_r)
     rmax = int(labels.unique(return_counts=True)[1].max()) - 1
     nn_ = poincare_knn(z, min(max(8, rmax), z.shape[0] - 1), c)
     out = {f"R@{k}": v for k, v in recall_at_k(z, labels, neighbours=nn_).items()}
     out["MAP@R"] = map_at_r(z, labels, neighbours=nn_)
     if with_nmi:
         out["NMI"] = nmi(z, labels)
+    return out
+
+
+def hyperbolic_metrics(head: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, c: float, clip_r: float,
+                       with_nmi: bool = True) -> dict[str, float]:
+    """Hyp-ViT's two evaluations (helpers.py L19-53): Recall@K and MAP@R by Poincaré distance on the
+    head output (N, E) mapped into the ball (the main figures, with NMI of k-means on the ball's
+    coordinates; :func:`poincare_metrics`), and by cosine on the backbone feature (N, D) (keys
+    prefixed ``feat_``)."""
+    from .losses import to_poincare
+
+    out = poincare_metrics(to_poincare(head.float(), c, clip_r), labels, c, with_nmi)
     plain = retrieval_metrics(torch.nn.functional.normalize(features.float(), dim=1), labels, with_nmi=False)
     out.update({f"feat_{k}": v for k, v in plain.items()})
     return out
@@ -633,23 +642,33 @@ def evaluate(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, with_
              dev: torch.device | None = None, cfg: Config | None = None) -> dict[str, float]:
     """Recall@1/2/4/8, MAP@R (and NMI) of the model on a test set (cosine of the embeddings);
     for a config with the hyperbolic loss, both of Hyp-ViT's evaluations (:func:`hyperbolic_metrics`).
+    This is how a run's history scores it; ``experiments.head_metrics`` and ``embed_run`` follow it.
 
     A network with an unshared module head (``shared_head=False``) also gets that head's metrics on
-    the same plain test features, keys prefixed ``module_head_``: the history then holds the
-    train/test mismatch per epoch, without weights (:func:`bgtutorial.experiments.head_metrics`
-    computes the same from a checkpoint).
+    the same plain test features, keys prefixed ``module_head_`` (by Poincaré distance for a
+    hyperbolic run): the history then holds the train/test mismatch per epoch, without weights
+    (:func:`bgtutorial.experiments.head_metrics` computes the same from a checkpoint).
 
     Raises ``FloatingPointError`` when an embedding is not finite (a diverged model would
     otherwise find each query's twin NaN and score a perfect Recall@1).
     """
+    module_head = getattr(model, "module_head", None)
     if cfg is not None and cfg.loss == "hyperbolic":
+        from .losses import to_poincare
+
         head, feats, y = embed_dataset(model, dataset, batch_size, dev, outputs="head_and_features")
         _refuse_non_finite(torch.cat([head, feats], dim=1))
-        return hyperbolic_metrics(head, feats, y, cfg.curvature, cfg.clip_r, with_nmi)
+        out = hyperbolic_metrics(head, feats, y, cfg.curvature, cfg.clip_r, with_nmi)
+        if module_head is not None:                       # h' on the plain features, in the same ball
+            w, b = (t.detach().float().cpu() for t in (module_head.weight, module_head.bias))
+            z = to_poincare(torch.nn.functional.linear(feats, w, b), cfg.curvature, cfg.clip_r)   # (N, E)
+            _refuse_non_finite(z)
+            out.update({f"module_head_{k}": v for k, v in poincare_metrics(z, y, cfg.curvature, False).items()})
+        return out
     emb, y = embed_dataset(model, dataset, batch_size, dev)
     _refuse_non_finite(emb)
     out = retrieval_metrics(emb, y, with_nmi=with_nmi)
-    if getattr(model, "module_head", None) is not None:   # shared_head=False: the module stream's own head h'
+    if module_head is not None:                          # shared_head=False: the module stream's own head h'
         module_emb, y = embed_dataset(model, dataset, batch_size, dev, outputs="module_head")
         _refuse_non_finite(module_emb)                       # ... on plain features (the train/test mismatch)
         out.update({f"module_head_{k}": v for k, v in retrieval_metrics(module_emb, y, with_nmi=False).items()})

@@ -35,11 +35,16 @@ def naive_batchformer_layer(layer, x):
     return naive_layer_norm(x + naive_linear(hidden, layer.ffn2), ln2.weight, ln2.bias, ln2.eps)
 
 
-def naive_knn(xn, k):
-    """Neighbour lists: the node itself first, then the k-1 most similar others (ties by index)."""
+def naive_knn(xn, k, include_self=True):
+    """Neighbour lists: the node itself first, then the k-1 most similar others (ties by index);
+    without ``include_self``, the k most similar of all B, the node itself competing like the others."""
     B = xn.shape[0]
     out = []
     for i in range(B):
+        if not include_self:
+            ranked = sorted(range(B), key=lambda j: (-float((xn[i] @ xn[j]).detach()), j))
+            out.append(sorted(ranked[: min(k, B)]))
+            continue
         others = sorted((j for j in range(B) if j != i), key=lambda j: (-float((xn[i] @ xn[j]).detach()), j))
         out.append(sorted([i] + others[: max(0, min(k, B) - 1)]))
     return out
@@ -116,7 +121,7 @@ def naive_bgformer_block(block, x, y):
     B, D = x.shape
     xn = naive_layer_norm(x, block.norm.weight, block.norm.bias, block.norm.eps)
     if block.graph_kind == "features":
-        nbrs = naive_knn(xn, block.k)
+        nbrs = naive_knn(xn, block.k, block.self_loops)
     if hasattr(block.visual, "qkv"):
         W, b = block.visual.qkv.weight, block.visual.qkv.bias
         q, k, v = (xn @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
@@ -129,7 +134,7 @@ def naive_bgformer_block(block, x, y):
     out = x + block.lam * naive_linear(vis, block.proj_visual[0])
     if block.lam < 1:
         a = naive_normalized_label_graph(y.tolist())
-        xw = xn @ block.semantic.weight.weight.T
+        xw = naive_linear(xn, block.semantic.weight)                  # X W (+ b with a tied projection)
         sem = torch.stack([sum(a[i, j] * xw[j] for j in range(B)) for i in range(B)])
         out = out + (1 - block.lam) * naive_linear(sem, block.proj_semantic[0])
     ln, fc1, fc2 = block.ffn[0], block.ffn[1], block.ffn[4]        # FFN = W2·GELU(W1·LN(x) + b1) + b2

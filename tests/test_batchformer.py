@@ -36,6 +36,35 @@ def test_equals_authors_layer_in_training_mode_without_dropout(x):
     torch.testing.assert_close(bf(x), ref(x.unsqueeze(1)).squeeze(1), rtol=1e-5, atol=1e-5)
 
 
+def test_fresh_layer_starts_where_the_authors_layer_does():
+    """nn.MultiheadAttention draws its packed Q/K/V weight Xavier-uniform and zeroes both of its biases;
+    nn.Linear's default (Kaiming-uniform, a = sqrt 5) would give the packed weight a smaller spread and
+    non-zero biases. Compare a fresh layer's statistics with a fresh nn.TransformerEncoderLayer's."""
+    d = 64                                                          # 3·64·64 = 12,288 weights: a tight std
+    torch.manual_seed(0)
+    ours = BatchFormer(d, num_heads=H).layers[0]
+    torch.manual_seed(1)
+    ref = torch.nn.TransformerEncoderLayer(d, H, d, 0.5)
+    pairs = {"packed Q/K/V weight": (ours.qkv.weight, ref.self_attn.in_proj_weight),
+             "W_O weight": (ours.proj.weight, ref.self_attn.out_proj.weight),
+             "FFN W1": (ours.ffn1.weight, ref.linear1.weight), "FFN W2": (ours.ffn2.weight, ref.linear2.weight)}
+    for name, (a, b) in pairs.items():
+        a, b = a.detach(), b.detach()
+        assert a.shape == b.shape, name
+        # both uniform on one interval: the std estimate of n draws has a standard error of std·sqrt(0.2 / n),
+        # so two independent estimates differ by less than 4·sqrt(2) of it
+        se = float(b.std()) * (0.2 / b.numel()) ** 0.5
+        assert abs(float(a.std()) - float(b.std())) < 4 * 2 ** 0.5 * se, name
+        assert abs(float(a.abs().max()) - float(b.abs().max())) < 0.02 * float(b.abs().max()), name
+    bound = (6 / (d + 3 * d)) ** 0.5                                # Xavier-uniform of a (3D, D) matrix
+    assert float(ours.qkv.weight.detach().std()) == pytest.approx(bound / 3 ** 0.5, rel=0.02)
+    assert float(ours.qkv.weight.detach().std()) > 1.15 * (1 / d) ** 0.5 / 3 ** 0.5     # not nn.Linear's default
+    for bias, ref_bias in ((ours.qkv.bias, ref.self_attn.in_proj_bias), (ours.proj.bias, ref.self_attn.out_proj.bias)):
+        assert torch.equal(bias, torch.zeros_like(bias)) and torch.equal(ref_bias, torch.zeros_like(ref_bias))
+    for mine, theirs in ((ours.norm1, ref.norm1), (ours.norm2, ref.norm2)):
+        torch.testing.assert_close(mine.state_dict(), theirs.state_dict())
+
+
 def test_equals_naive_loop_reference(x):
     bf = BatchFormer(D, num_heads=H).eval()
     with torch.no_grad():

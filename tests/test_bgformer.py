@@ -10,6 +10,7 @@ from bgtutorial.bgformer import BGFormer, BGFormerBlock, StructureConstrainedAtt
 from bgtutorial.graph import BatchGraph, normalize_adjacency, same_label_share, semantic_graph, visual_graph
 from naive import (naive_bgformer, naive_knn, naive_layer_norm, naive_minmax, naive_mha_rows,
                    naive_normalized_label_graph, naive_topk_mha_rows)
+from reference_sgformer2 import MinMaxBlock, minmax_model
 
 D, H = 16, 4
 
@@ -27,6 +28,20 @@ def test_visual_graph_matches_loops(xy):
         adj = visual_graph(x, k)
         assert adj.sum(1).tolist() == [k] * 12 and adj.diagonal().all()
         assert [torch.nonzero(r).flatten().tolist() for r in adj] == naive_knn(x, k)
+
+
+def test_visual_graph_without_forced_self_loops(xy):
+    """SGFormer2's plain top-K: a node whose own similarity is not among its row's K largest drops out."""
+    x, _ = xy
+    xs = x * torch.linspace(0.3, 2.0, 12)[:, None]                  # unequal norms: S[i, i] is not always the largest
+    for k in (1, 3, 5):
+        adj = visual_graph(xs, k, include_self=False)
+        assert adj.sum(1).tolist() == [k] * 12
+        assert [torch.nonzero(r).flatten().tolist() for r in adj] == naive_knn(xs, k, include_self=False)
+    small = torch.tensor([[0.1, 0.0], [1.0, 0.1], [0.0, 1.0]])       # S[0, 0] = 0.01 < S[0, 1] = 0.1
+    assert visual_graph(small, 1, include_self=False)[0].tolist() == [False, True, False]
+    assert visual_graph(small, 1)[0].tolist() == [True, False, False]
+    assert visual_graph(xs, 12, include_self=False).all()
 
 
 def test_visual_graph_k_at_least_batch_is_full(xy):
@@ -350,6 +365,85 @@ def test_minmax_variant(xy):
         torch.testing.assert_close(blk.visual(flat, torch.ones(3, 3, dtype=torch.bool)), 3 * flat)
 
 
+def _minmax_pair(d, depth, k, lam, seed=0, shift=0.5, **options):
+    """Our min-max BGFormer with non-trivial LayerNorms (biases in ±``shift``) and label-path bias, and the
+    SGFormer2 rewrite holding its weights."""
+    torch.manual_seed(seed)
+    ours = BGFormer(d, H, depth=depth, k=k, lam=lam, visual="minmax", dropout=0.0, **options).eval()
+    with torch.no_grad():
+        for blk in ours.blocks:
+            for ln in (blk.norm, blk.ffn[0]):
+                ln.weight.uniform_(0.5, 1.5), ln.bias.uniform_(-shift, shift)
+            if blk.semantic.weight.bias is not None:
+                blk.semantic.weight.bias.uniform_(-0.5, 0.5)
+    ref = [MinMaxBlock(d, lam, k).load_from(blk).eval() for blk in ours.blocks]
+    return ours, ref
+
+
+@pytest.mark.parametrize("k,lam,depth,shift", [(3, 0.3, 2, 0.5), (5, 0.7, 1, 0.5), (12, 0.5, 1, 0.5),
+                                               (40, 0.3, 2, 0.5), (2, 0.0, 1, 0.5), (3, 0.3, 1, 6.0)])
+def test_minmax_block_equals_the_authors_sgformer2_block(xy, k, lam, depth, shift):
+    """``visual="minmax"`` with its defaults is SGFormer2's Block as model_SGFormer builds it (rewritten from
+    the byte code in tests/reference_sgformer2.py): one shared projection, a bias on the label path's W,
+    a plain top-K of X̂X̂ᵀ (self not forced in: a large LN shift makes rows whose own S[i, i] is not
+    among their K largest), min-max weights; K > B keeps the whole batch."""
+    x, y = xy
+    ours, ref = _minmax_pair(D, depth, k, lam, shift=shift)
+    blk = ours.blocks[0]
+    if shift > 1:
+        assert not blk.graph(blk.norm(x), y).visual.diagonal().all()
+    assert blk.tied_projection and not blk.self_loops and blk.proj_semantic is blk.proj_visual
+    assert blk.semantic.weight.bias is not None
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, y), minmax_model(ref, x, y), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.train()(x, y), minmax_model(ref, x, y), rtol=1e-5, atol=1e-5)   # dropout 0
+
+
+def test_minmax_options_depart_from_sgformer2_where_asked(xy):
+    """Our older choices, now options: two projections (no label-path bias) equal SGFormer2's block only
+    while P_s = P_v and b = 0; forced self-loops change which neighbours a row keeps."""
+    x, y = xy
+    xs = x * torch.linspace(0.3, 2.0, 12)[:, None]                  # unequal norms: S[i, i] is not always the largest
+    untied, _ = _minmax_pair(D, 1, 4, 0.3, tied_projection=False)
+    blk = untied.blocks[0]
+    assert blk.proj_semantic is not blk.proj_visual and blk.semantic.weight.bias is None
+    ref = MinMaxBlock(D, 0.3, 4).load_from(blk).eval()
+    with torch.no_grad():
+        blk.proj_semantic.load_state_dict(blk.proj_visual.state_dict())
+        torch.testing.assert_close(untied(xs, y), minmax_model([ref], xs, y), rtol=1e-5, atol=1e-5)
+        blk.proj_semantic[0].weight.add_(0.1 * torch.randn(D, D))
+        assert (untied(xs, y) - minmax_model([ref], xs, y)).abs().max() > 1e-2
+
+    tied, _ = _minmax_pair(D, 1, 4, 0.3)
+    selfish, _ = _minmax_pair(D, 1, 4, 0.3, self_loops=True)
+    with torch.no_grad():
+        tied.blocks[0].norm.bias.uniform_(-6.0, 6.0)                # a large LN shift can outweigh S[i, i]
+        selfish.load_state_dict(tied.state_dict())
+        assert selfish.blocks[0].graph(selfish.blocks[0].norm(xs), y).visual.diagonal().all()
+        assert not tied.blocks[0].graph(tied.blocks[0].norm(xs), y).visual.diagonal().all()
+        # a forced-in node that is not among its K most similar is its row's minimum: weight 0, but it
+        # moves the row's minimum, so the other weights change
+        w = [m(xs, y, return_attention=True)[1][0][0] for m in (tied, selfish)]    # (B, B) each
+        assert not torch.allclose(w[0], w[1])
+        assert (selfish(xs, y) - tied(xs, y)).abs().max() > 1e-3
+
+
+def test_minmax_attention_dropout(xy):
+    """SGFormer2 applies attn_drop to the min-max weights (source line 80); ``attention_dropout`` sets it apart
+    from the projections' and the FFN's dropout (None: the same ``dropout``)."""
+    x, y = xy
+    m = BGFormer(D, H, k=5, visual="minmax", dropout=0.0, attention_dropout=0.5)
+    assert m.blocks[0].visual.dropout == 0.5 and m.blocks[0].proj_visual[1].p == 0.0
+    assert BGFormer(D, H, visual="minmax", dropout=0.2).blocks[0].visual.dropout == 0.2
+    assert BGFormer(D, H, dropout=0.2, attention_dropout=0.0).blocks[0].visual.dropout == 0.0
+    with torch.no_grad():
+        _, (ref,) = m.eval()(x, y, return_attention=True)
+        torch.manual_seed(0)
+        _, (w,) = m.train()(x, y, return_attention=True)
+    assert ((w != 0) <= (ref != 0)).all() and (w != 0).sum() < (ref != 0).sum()
+    torch.testing.assert_close(w[w != 0], ref[w != 0] / 0.5)
+
+
 def test_augment_contract(xy):
     x, y = xy
     m = BGFormer(D, H, dropout=0.0).train()
@@ -361,11 +455,11 @@ def test_augment_contract(xy):
     assert xe is x and ye is y
 
 
-@pytest.mark.parametrize("graph", ["logits", "features"])
-def test_gradients_reach_every_parameter(xy, graph):
+@pytest.mark.parametrize("graph,visual", [("logits", "attention"), ("features", "attention"), (None, "minmax")])
+def test_gradients_reach_every_parameter(xy, graph, visual):
     x, y = xy
     x = x.clone().requires_grad_(True)
-    m = BGFormer(D, H, k=5, depth=2, graph=graph).train()
+    m = BGFormer(D, H, k=5, depth=2, graph=graph, visual=visual).train()
     (m(x, y) * torch.randn(12, D)).sum().backward()
     assert x.grad.abs().sum() > 0
     for name, p in m.named_parameters():
@@ -395,6 +489,8 @@ def test_bad_options():
         BGFormerBlock(D, H, graph="labels")
     with pytest.raises(ValueError, match="minmax.*graph='features'"):
         BGFormer(D, H, visual="minmax", graph="logits")
+    with pytest.raises(ValueError, match="self_loops applies to the fixed feature graph"):
+        BGFormer(D, H, self_loops=True)
     with pytest.raises(ValueError, match="k must be >= 1"):
         StructureConstrainedAttention(D, H, k=0)
     with pytest.raises(ValueError, match="built for feature width 16"):

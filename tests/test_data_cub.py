@@ -8,6 +8,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -313,15 +314,39 @@ def test_image_cache_matches_resized_decode(tmp_path, fake_cub_root):
     base = _copy_extracted(fake_cub_root, tmp_path)
     plain = CUB200(tmp_path, "test")
     cached = CUB200(tmp_path, "test", cache_size=32)
-    files = list(base.glob(".cache-retrieval-test-32px.u8"))
-    assert len(files) == 1 and files[0].stat().st_size == len(plain) * 32 * 32 * 3
-    resize = T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor()])
+    files = list(base.glob(".cache-retrieval-test-32px-aspect.u8*"))
+    assert sorted(f.name for f in files) == [".cache-retrieval-test-32px-aspect.u8",
+                                             ".cache-retrieval-test-32px-aspect.u8.idx.npy"]
+    sizes = [plain.load_image(i).size for i in range(len(plain))]           # (w, h)
+    expected = sum(32 * int(32 * max(w, h) / min(w, h)) * 3 for w, h in sizes)
+    assert (base / ".cache-retrieval-test-32px-aspect.u8").stat().st_size == expected
+    resize = T.Compose([T.Resize(32), T.ToTensor()])
     for i in (0, 5, len(plain) - 1):
         torch.testing.assert_close(cached[i][0], resize(plain.load_image(i)))
         assert cached[i][1] == plain[i][1]
     stamp = files[0].stat().st_mtime_ns
     CUB200(tmp_path, "test", cache_size=32)            # reused, not rebuilt
     assert files[0].stat().st_mtime_ns == stamp
+
+
+def test_image_cache_keeps_the_aspect_ratio_of_a_non_square_image(tmp_path, fake_cub_root):
+    """A wide image keeps its sides in the cache (shorter side to cache_size, nothing cropped), so a
+    training crop can come from anywhere in it, as from the JPEG."""
+    from torchvision import transforms as T
+
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    plain = CUB200(tmp_path, "test")
+    wide = np.zeros((40, 120, 3), dtype=np.uint8)                  # 3:1, a red left edge, a blue right edge
+    wide[:, :10, 0] = wide[:, -10:, 2] = 255
+    Image.fromarray(wide).save(plain.samples[0][0], format="JPEG", quality=95)
+    cached = CUB200(tmp_path, "test", cache_size=20)
+    img = cached.load_image(0)
+    assert img.size == (60, 20)                                    # (w, h): the aspect kept
+    assert np.array_equal(np.asarray(img), np.asarray(T.Resize(20)(plain.load_image(0))))
+    pixels = np.asarray(img).astype(int)
+    assert pixels[:, :3, 0].mean() > 200 and pixels[:, -3:, 2].mean() > 200   # both sides are there
+    tall = CUB200(tmp_path, "test", cache_size=20).load_image(1)
+    assert min(tall.size) == 20 and tall.size == T.Resize(20)(plain.load_image(1)).size
 
 
 def test_folder_extracted_by_hand_is_reused(tmp_path, fake_cub_root):
@@ -339,7 +364,7 @@ def test_data_folder_may_be_a_symlink_to_another_disk(tmp_path, fake_archive):
     base = download_cub(link, url=fake_cub_url(fake_archive[0]), md5=fake_archive[1])
     assert (disk / CUB_FOLDER / "images.txt").is_file() and base == link / CUB_FOLDER
     ds = CUB200(link, "test", cache_size=16)
-    assert len(ds) == 40 and ds[0][0].shape == (3, 16, 16)
+    assert len(ds) == 40 and ds[0][0].shape[0] == 3 and min(ds[0][0].shape[1:]) == 16
     assert _names(disk) == ["CUB_200_2011", "CUB_200_2011.tgz", "attributes.txt"]   # no temporary folder left
 
 

@@ -229,6 +229,30 @@ def test_hyperbolic_metrics_report_both_of_hyp_vits_evaluations():
     assert {"R@1", "R@8", "MAP@R", "feat_R@1", "feat_MAP@R"} <= set(out)
 
 
+def test_a_hyperbolic_run_is_analysed_the_way_its_history_scores_it(tmp_path):
+    """embed_run and head_metrics score a hyperbolic run by Poincaré distance on the head output (and cosine on
+    the backbone feature), as train() did for its last epoch; the module head of an unshared run too."""
+    from bgtutorial.experiments import embed_run, head_metrics
+    from bgtutorial.train import poincare_metrics
+
+    cfg = load_config("digits", out=str(tmp_path), loss="hyperbolic", batch_module="bgformer", shared_head=False,
+                      **{**TINY, "epochs": 1, "eval_nmi": True})
+    last = train(cfg)["epochs"][-1]
+    emb, labels, _ = embed_run(tmp_path)
+    assert emb.norm(dim=1).max() < cfg.curvature ** -0.5                # points of the ball ...
+    assert (emb.norm(dim=1) - 1).abs().max() > 1e-3                      # ... not the unit vectors cosine ranks
+    again = poincare_metrics(emb, labels, cfg.curvature)
+    for k in ("R@1", "R@2", "R@4", "R@8", "MAP@R", "NMI"):
+        assert again[k] == pytest.approx(last[k], abs=1e-6), k
+    heads = head_metrics(tmp_path, with_nmi=True)
+    assert heads["plain head"] == pytest.approx({k: v for k, v in last.items()
+                                                 if k in heads["plain head"]}, abs=1e-6)
+    assert {"R@1", "MAP@R", "NMI", "feat_R@1", "feat_MAP@R"} <= set(heads["plain head"])
+    assert heads["module head"] == pytest.approx({k.removeprefix("module_head_"): v for k, v in last.items()
+                                                  if k.startswith("module_head_")}, abs=1e-6)
+    assert set(heads["module head"]) == {"R@1", "R@2", "R@4", "R@8", "MAP@R"}
+
+
 # ------------------------------------------------------------------------------ selection
 def test_validation_classes_are_held_out_and_select_best_val(tmp_path):
     cfg = load_config("digits", out=str(tmp_path), val_classes=2, **{**TINY, "batch_size": 12})

@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -316,10 +317,13 @@ class CUB200(Dataset):
         transform: applied to the RGB PIL image; ``None`` gives the raw image as a float
             tensor (3, H, W) in [0, 1].
         download: fetch and extract the archive when it is not there yet.
-        cache_size: when set (e.g. 256), images are decoded once, resized (shorter side to
-            ``cache_size``, centre crop ``cache_size``²) and stored in a uint8 memory-mapped file
-            next to the data; later epochs, runs and DataLoader workers read pixels from it
-            instead of decoding JPEGs (see ``benchmarks/loader_speed.py``).
+        cache_size: when set (e.g. 256), images are decoded once, resized with their aspect ratio
+            kept (shorter side to ``cache_size``, as ``T.Resize(cache_size)``; nothing is cropped, so
+            a training crop can still come from any part of the image) and stored in a uint8
+            memory-mapped file next to the data; later epochs, runs and DataLoader workers read
+            pixels from it instead of decoding JPEGs (see ``benchmarks/loader_speed.py``). What
+            changes against decoding each time: every transform starts from the resized copy, so a
+            random crop smaller than the copy is enlarged from fewer pixels than the JPEG holds.
 
     Attributes: ``samples`` (list of (path, label)), ``targets`` (list of int),
     ``classes`` (class folder names, indexed by label), ``class_ids`` (official 1-based ids).
@@ -401,29 +405,61 @@ class CUB200(Dataset):
         except (UnidentifiedImageError, OSError) as err:
             raise CUBDataError(f"cannot read image {path} ({err}); the file is corrupt: extract again.") from err
 
-    def _open_cache(self, size: int) -> np.ndarray:
-        """Build (once, atomically) and memory-map the decoded, resized images: (N, size, size, 3) uint8."""
-        path = self.base / f".cache-{self.protocol}-{self.split}-{size}px.u8"
-        shape = (len(self.samples), size, size, 3)
-        if not path.is_file() or path.stat().st_size != int(np.prod(shape)):
-            resize = T.Compose([T.Resize(size), T.CenterCrop(size)])
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    def _cached_size(self, index: int, size: int) -> tuple[int, int]:
+        """(height, width) of sample ``index`` once its shorter side is ``size`` (``T.Resize(size)``'s rule),
+        read from the file's header, without decoding the pixels."""
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError) as err:
+            raise CUBDataError(f"cannot read image {path} ({err}); the file is corrupt: extract again.") from err
+        short, long = min(w, h), max(w, h)
+        long = int(size * long / short)
+        return (size, long) if h <= w else (long, size)
+
+    def _open_cache(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Build (once, atomically) and memory-map the decoded, resized images, aspect kept: a flat uint8
+        file of every image's (h, w, 3) pixels one after the other, and an index (N, 3) of
+        (offset, h, w) per image beside it (``.idx.npy``)."""
+        path = self.base / f".cache-{self.protocol}-{self.split}-{size}px-aspect.u8"
+        index_path = path.with_name(path.name + ".idx.npy")
+        index = np.load(index_path) if index_path.is_file() else None
+        if (index is None or index.shape != (len(self.samples), 3) or not path.is_file()
+                or path.stat().st_size != int(index[-1, 0] + index[-1, 1] * index[-1, 2] * 3)):
+            index = self._build_cache(path, index_path, size)
+        return np.memmap(path, mode="r", dtype=np.uint8), index
+
+    def _build_cache(self, path: Path, index_path: Path, size: int) -> np.ndarray:
+        """Write the cache of :meth:`_open_cache` through temporary files; return its index (N, 3)."""
+        shapes = np.array([self._cached_size(i, size) for i in range(len(self.samples))], dtype=np.int64)  # (N, 2)
+        nbytes = shapes[:, 0] * shapes[:, 1] * 3
+        index = np.concatenate([np.cumsum(nbytes)[:, None] - nbytes[:, None], shapes], axis=1)     # (N, 3)
+        resize = T.Resize(size)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp_index = index_path.with_name(f"{path.name}.tmp{os.getpid()}.idx.npy")
+        try:
             try:
-                try:
-                    out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-                except OSError as err:
-                    raise CUBDataError(
-                        f"cannot write the image cache {tmp} ({err.strerror or err}); make {self.base} writable "
-                        "or set cache_size=0 (decode the JPEGs every epoch)") from err
-                for i in tqdm(range(len(self.samples)), desc=f"caching {self.split} images at {size}px",
-                              leave=False):
-                    out[i] = np.asarray(resize(self._decode(i)))
-                out.flush()
-                del out
-                os.replace(tmp, path)
-            finally:                        # a failed build (bad image, full disk, Ctrl-C) leaves no temporary file
-                tmp.unlink(missing_ok=True)
-        return np.memmap(path, mode="r", dtype=np.uint8, shape=shape)
+                out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(nbytes.sum()),))
+                np.save(tmp_index, index)
+            except OSError as err:
+                raise CUBDataError(
+                    f"cannot write the image cache {tmp} ({err.strerror or err}); make {self.base} writable "
+                    "or set cache_size=0 (decode the JPEGs every epoch)") from err
+            for i in tqdm(range(len(self.samples)), desc=f"caching {self.split} images at {size}px", leave=False):
+                pixels = np.asarray(resize(self._decode(i)))                            # (h, w, 3)
+                if pixels.shape[:2] != tuple(shapes[i]):
+                    raise CUBDataError(f"{self.samples[i][0]} decodes to another size than its header says; "
+                                       "the file is corrupt: extract again.")
+                out[index[i, 0]:index[i, 0] + nbytes[i]] = rearrange(pixels, "h w c -> (h w c)")
+            out.flush()
+            del out
+            os.replace(tmp, path)
+            os.replace(tmp_index, index_path)
+        finally:                        # a failed build (bad image, full disk, Ctrl-C) leaves no temporary file
+            tmp.unlink(missing_ok=True)
+            tmp_index.unlink(missing_ok=True)
+        return index
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -431,7 +467,9 @@ class CUB200(Dataset):
     def load_image(self, index: int) -> Image.Image:
         """The RGB PIL image of sample ``index`` (grayscale images are converted; from the cache when on)."""
         if self.cache is not None:
-            return Image.fromarray(np.array(self.cache[index]))
+            pixels, table = self.cache
+            offset, h, w = (int(v) for v in table[index])
+            return Image.fromarray(rearrange(np.array(pixels[offset:offset + h * w * 3]), "(h w c) -> h w c", h=h, w=w))
         return self._decode(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
