@@ -130,7 +130,8 @@ def pretrain(out: str | Path = GLYPH_WEIGHTS.parent, work: str | Path = "runs/pr
     torch.save({k: v.clone() for k, v in net.state_dict().items()}, weights)
     meta = {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "characters": chars,
             "command": command or "python -m bgtutorial.pretrain", "seconds": round(spent + time.perf_counter() - t0),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
+                       f"torch {torch.__version__}, "
                        f"{'CUDA' if torch.cuda.is_available() else 'CPU'}",
             "heldout_top1": history[-1]["heldout_top1"], "classes": len(chars), "images_per_class": per_class,
             "heldout_per_class": heldout, "backbone": "smallcnn", "args": {k: v for k, v in args.items() if k != "characters"},
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         meta = pretrain(a.out, a.work, a.epochs, a.per_class, a.heldout, lr=a.lr, seed=a.seed, data_root=a.data_root,
-                        command="python -m bgtutorial.pretrain " + shlex.join(argv if argv is not None else sys.argv[1:]))
+                        command=" ".join(["python -m bgtutorial.pretrain", shlex.join(argv if argv is not None else sys.argv[1:])]).strip())
     except CLI_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
