@@ -29,7 +29,7 @@ from .utils import CLI_ERRORS, bars_disabled
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
-           "publish_history", "optimiser_steps", "paired_summary"]
+           "publish_history", "optimiser_steps", "paired_summary", "paired_table"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -369,7 +369,31 @@ def main(argv: list[str] | None = None) -> int:
         for m in res:
             print(f"| {a.preset} | {noise:g} | {m} | {r1[m][0]:.3f} ± {r1[m][1]:.3f} | "
                   f"{mapr[m][0]:.3f} ± {mapr[m][1]:.3f} | {r1[m][2]} |")
+    print(paired_table(study, a.field))
     return 0
+
+
+def paired_table(study: dict[float, dict[str, list[dict[str, Any]]]], field: str = "label_noise",
+                 metrics: Sequence[str] = ("R@1", "MAP@R")) -> str:
+    """A markdown table of each method − baseline, paired by seed (:func:`paired_summary`, 95 %), per level
+    of ``field``; "supported" where the interval excludes 0. Empty when there is no baseline or one seed."""
+    rows = []
+    for level, res in study.items():
+        if "baseline" not in res or len(res["baseline"]) < 2:
+            continue
+        for m, hs in res.items():
+            if m == "baseline":
+                continue
+            cells = []
+            for metric in metrics:
+                s = paired_summary([h["epochs"][-1][metric] for h in hs], [h["epochs"][-1][metric] for h in res["baseline"]])
+                verdict = "supported" if s["low"] > 0 or s["high"] < 0 else "interval holds 0"
+                cells.append(f"{s['mean']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] ({verdict})")
+            rows.append(f"| {level:g} | {m} − baseline | " + " | ".join(cells) + f" | {len(hs)} |")
+    if not rows:
+        return ""
+    head = f"| {field.replace('_', ' ')} | paired by seed | " + " | ".join(f"{m}: mean [95 % t-interval]" for m in metrics)
+    return "\n".join([head + " | seeds |", "|---|---|" + "---|" * len(metrics) + "---|", *rows])
 
 
 if __name__ == "__main__":

@@ -38,3 +38,17 @@ def test_paired_summary_refuses_what_cannot_be_paired():
         paired_summary([0.1], [0.2])
     with pytest.raises(ValueError, match="confidence"):
         paired_summary([0.1, 0.2], [0.1, 0.3], confidence=95)
+
+
+def test_paired_table_reads_a_study_with_the_paired_rule():
+    from bgtutorial.experiments import paired_table
+
+    def runs(values):
+        return [{"epochs": [{"R@1": v, "MAP@R": v / 2}]} for v in values]
+
+    study = {0.0: {"baseline": runs([0.30, 0.40, 0.50]), "batchformer": runs([0.32, 0.42, 0.53]),
+                   "bgformer": runs([0.20, 0.45, 0.50])}}
+    table = paired_table(study).splitlines()
+    assert len(table) == 4 and table[2].startswith("| 0 | batchformer − baseline | +0.023")
+    assert "(supported)" in table[2] and "(interval holds 0)" in table[3]
+    assert paired_table({0.0: {"baseline": runs([0.3]), "bgformer": runs([0.2])}}) == ""   # one seed: no interval
