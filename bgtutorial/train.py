@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,7 +49,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_json as _atomic_json
 from .checkpoint import atomic_save as _atomic_save
-from .checkpoint import first_nonfinite, load_checkpoint, prepare_run_dir
+from .checkpoint import check_optimizer_state, first_nonfinite, hold_run_dir, load_checkpoint, prepare_run_dir, restoring
 from .data import (CUB200, DigitsRetrieval, GlyphsRetrieval, MPerClassBatchSampler, download_cub, eval_transform, fake_cub_url,
                    make_fake_cub, train_transform)
 from .losses import LOSSES, MetricLoss
@@ -696,25 +697,35 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
     ``callback(history)`` is called after every evaluation (live plots in notebooks).
     A run folder that holds another config (``config.json``) raises ``ConfigMismatchError``,
     with ``resume`` or without; ``force=True`` deletes its run files and starts over.
+    One run per folder: the run holds a lock on its folder (:func:`~bgtutorial.checkpoint.hold_run_dir`),
+    and a second run into it stops at once (``LockedError`` naming the holder), ``force`` or not.
+    Nothing is written into the folder before the config, the data and the model are known good.
     Under torchrun (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel: ``batch_size``
-    is the global batch, each rank takes its slice; rank 0 evaluates and writes the files.
-    BatchNorm is synchronised across GPUs (SyncBatchNorm) unless ``bn_freeze``; on CPU ranks
-    (gloo) it stays per rank.
+    is the global batch, each rank takes its slice; rank 0 evaluates, writes the files and holds
+    the lock. BatchNorm is synchronised across GPUs (SyncBatchNorm) unless ``bn_freeze``; on CPU
+    ranks (gloo) it stays per rank.
     """
+    from .distributed import setup
+
+    cfg.validate()
+    rank, _, _ = setup()
+    with hold_run_dir(cfg.run_dir) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, resume, callback, force)
+
+
+def _train(cfg: Config, resume: bool, callback, force: bool) -> dict[str, Any]:
+    """:func:`train`'s body, run while the folder is locked."""
     from torch.nn.parallel import DistributedDataParallel
 
     from .data import RandomBatchSampler
     from .distributed import GatherBatch, setup
 
-    cfg.validate()
     rank, world_size, local_rank = setup()
     seed_everything(cfg.seed)
     dev = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() else device(cfg.device or None)
     lead = rank == 0
     run = cfg.run_dir
-    prepare_run_dir(run, cfg, force=force, write=lead)     # refuses another config; writes config.json
-    if world_size > 1:
-        torch.distributed.barrier()
+    prepare_run_dir(run, cfg, force=force, write=False)    # refuses another config before any work
     train_ds, val_ds, test_ds = build_splits(cfg)
     model, criterion = build_model(cfg, num_classes=len(set(train_ds.targets)))
     prefixes = [p.strip() for p in cfg.frozen.split(",") if p.strip()]
@@ -723,6 +734,9 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
         if not any(n.startswith(prefix) for n in names):
             raise ValueError(f"frozen={prefix!r} matches no parameter of {cfg.backbone}; parameter names start "
                              f"with e.g. {', '.join(sorted({n.rsplit('.', 2)[0] for n in names})[:6])}")
+    prepare_run_dir(run, cfg, force=force, write=lead)     # data and model built: (force: clear,) write config.json
+    if world_size > 1:
+        torch.distributed.barrier()
     model.to(dev)
     criterion.to(dev)
     if dev.type == "cuda":
@@ -753,18 +767,24 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
     last, best_val = run / "last.pt", run / "best_val.pt"
     if resume and last.is_file():
         ck = load_checkpoint(last, dev, config=cfg)
-        model.load_state_dict(ck["model"])
-        criterion.load_state_dict(ck["loss"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        prec.load_state_dict(ck.get("scaler", {}))
-        torch.set_rng_state(ck["rng_cpu"])
-        if dev.type == "cuda" and "rng_cuda" in ck:
-            torch.cuda.set_rng_state(ck["rng_cuda"])
-        history = json.loads(ck["history"])
-        start_epoch, start_batch = ck["epoch"], ck["batch"]
+        with restoring(last):         # a missing entry or a tensor of another shape: one CheckpointError
+            model.load_state_dict(ck["model"])
+            criterion.load_state_dict(ck["loss"])
+            optimizer.load_state_dict(ck["optimizer"])
+            check_optimizer_state(optimizer)
+            scheduler.load_state_dict(ck["scheduler"])
+            prec.load_state_dict(ck.get("scaler", {}))
+            torch.set_rng_state(ck["rng_cpu"])
+            if dev.type == "cuda" and "rng_cuda" in ck:
+                torch.cuda.set_rng_state(ck["rng_cuda"])
+            history = json.loads(ck["history"])
+            start_epoch, start_batch = ck["epoch"], ck["batch"]
+            if not (isinstance(history, dict) and 0 <= start_epoch <= cfg.epochs and 0 <= start_batch < steps_per_epoch):
+                raise ValueError(f"epoch {start_epoch}, batch {start_batch} is not a point of this run's schedule")
         if lead:
             print(f"resumed from {last}: epoch {start_epoch}, batch {start_batch}", file=sys.stderr)
+            if not (run / "history.json").is_file():   # deleted (it was broken): restored from last.pt
+                _atomic_json(history, run / "history.json")
 
     def save_last(epoch: int, batch: int) -> None:
         if not lead:

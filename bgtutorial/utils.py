@@ -1,14 +1,21 @@
-"""Small helpers shared by the package and the notebooks: device choice, seeds, smoke mode."""
+"""Small helpers shared by the package and the notebooks: device choice, seeds, smoke mode, file locks."""
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import random
+import shlex
+import socket
+import sys
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 __all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled", "UserError", "CLI_ERRORS",
-           "about", "check_gpu_memory"]
+           "about", "check_gpu_memory", "LockedError", "exclusive_lock"]
 
 
 class UserError(Exception):
@@ -17,6 +24,10 @@ class UserError(Exception):
     The command-line entry points print such messages (and those of :data:`CLI_ERRORS`) without a
     traceback and exit with code 2.
     """
+
+
+class LockedError(UserError):
+    """Another process holds the lock on a folder (a run folder, the CUB extraction); the message names it."""
 
 
 #: the exceptions the CLIs turn into ``error: <message>`` on stderr and exit code 2
@@ -119,3 +130,56 @@ def check_gpu_memory(required_gib: float, what: str, total_gib: float | None = N
           "Lower batch_size (in multiples of m; keep steps_per_epoch x batch_size about the same), use "
           "precision='bf16' or 'fp16' if it is fp32, or set RUN_TIER2=False to skip it." + (f" {hint}" if hint else ""))
     return False
+
+
+def _holder() -> str:
+    """Who holds a lock: this process's id, command line (shortened), host and start time."""
+    command = " ".join(shlex.join(getattr(sys, "orig_argv", sys.argv)).split())      # one line
+    command = command if len(command) <= 160 else command[:157] + "..."
+    return (f"process {os.getpid()} ({command}) on {socket.gethostname()}, "
+            f"since {datetime.datetime.now().isoformat(timespec='seconds')}")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, wait: bool = True, what: str = "", hint: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (POSIX ``flock``) for the ``with`` block.
+
+    The file records its holder (process id, command line, host, start time) and is removed on
+    release; the kernel drops the lock when its process dies, so a killed holder never leaves a
+    stale lock behind. ``wait=True`` waits for the holder to finish (processes started together,
+    e.g. torchrun's ranks extracting CUB once); ``wait=False`` raises :class:`LockedError` at once,
+    "``what`` is in use by <holder>; ``hint``". Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:           # Windows: no advisory locks, one process at a time is up to the user
+        yield
+        return
+    path = Path(path)
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process (starting up)"
+            handle.close()
+            raise LockedError(f"{what or path} is in use by {holder}; {hint or 'wait for it to finish'}") from None
+        try:                      # the previous holder may have removed the file between our open and flock
+            mine, there = os.fstat(handle.fileno()), os.stat(path)
+            if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(_holder() + "\n")
+        handle.flush()
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()         # while still locked: a waiting process then finds another file and retries
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

@@ -17,7 +17,6 @@ outside the folder) into a temporary folder, and moves the result into place at 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import shutil
@@ -27,7 +26,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from torchvision import transforms as T
 from torchvision.datasets.utils import download_url
 from tqdm.auto import tqdm
 
-from ..utils import UserError
+from ..utils import UserError, exclusive_lock
 
 __all__ = [
     "CUB_URL", "CUB_MD5", "CUB_ARCHIVE", "CUB_FOLDER", "METADATA_FILES", "CUBDataError",
@@ -213,23 +212,6 @@ def _fetch(url: str, archive: Path, md5: str | None) -> None:
         part.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``root/.CUB_200_2011.lock`` (POSIX), so that processes started
-    together (torchrun ranks) download and extract once; the lock dies with its process."""
-    try:
-        import fcntl
-    except ImportError:           # Windows: no advisory locks, one process at a time is up to the user
-        yield
-        return
-    with open(root / f".{CUB_FOLDER}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5) -> Path:
     """Fetch, verify and extract ``CUB_200_2011.tgz`` into ``root``; return ``root/CUB_200_2011``.
 
@@ -246,7 +228,8 @@ def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5
     if (base / _DONE_MARKER).exists() or ((base / "images.txt").is_file() and not archive.exists()):
         return base
     _writable_root(root)
-    with _locked(root):
+    # processes started together (torchrun's ranks) download and extract once: the others wait here
+    with exclusive_lock(root / f".{CUB_FOLDER}.lock", wait=True):
         if (base / _DONE_MARKER).exists():    # another process finished while we waited for the lock
             return base
         if not archive.exists():
