@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_json as _atomic_json
 from .checkpoint import atomic_save as _atomic_save
 from .checkpoint import check_optimizer_state, first_nonfinite, hold_run_dir, load_checkpoint, prepare_run_dir, restoring
+from .config_checks import check_bounds, check_paths, check_preset_values, check_types
 from .data import (CUB200, DigitsRetrieval, GlyphsRetrieval, MPerClassBatchSampler, download_cub, eval_transform, fake_cub_url,
                    make_fake_cub, train_transform)
 from .losses import LOSSES, MetricLoss
@@ -150,7 +151,9 @@ class Config:
     corrupt: float = 0.0               # share p in [0, 1] of training images corrupted (0: none)
 
     def validate(self) -> "Config":
-        """Raise ``ValueError`` with the fix for a config that cannot run."""
+        """Raise ``ValueError`` with the fix for a config that cannot run (types and bounds:
+        :mod:`bgtutorial.config_checks`)."""
+        check_types(dataclasses.asdict(self), Config)
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.batch_module not in MODULES:
@@ -206,6 +209,7 @@ class Config:
                              "module (batch_module='batchformer' or 'bgformer'), or leave shared_head=True")
         if not 0.0 <= self.corrupt <= 1.0:
             raise ValueError(f"corrupt must be in [0, 1] (the share of training images corrupted), got {self.corrupt}")
+        check_bounds(self)
         return self
 
     @property
@@ -222,11 +226,22 @@ _MINIMUM = {"batch_size": 1, "m": 1, "epochs": 1, "lr_step": 1, "eval_batch_size
 
 
 def _preset_file(name: str) -> dict[str, Any]:
-    path = resources.files("bgtutorial") / "configs" / f"{name}.toml"
-    if not path.is_file():
+    """The fields of ``configs/<name>.toml``, checked (:func:`~bgtutorial.config_checks.check_preset_values`).
+
+    ``name`` must be one of the files there: a path (``../../pyproject``) is refused.
+    """
+    folder = resources.files("bgtutorial") / "configs"
+    names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    if name not in names:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} "
                          "(optionally followed by -batchformer or -bgformer)")
-    return tomllib.loads(path.read_text())
+    path = folder / f"{name}.toml"
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"preset file {path} is not valid TOML ({err}); fix that line") from None
+    check_preset_values(values, Config, f"preset file {path}", tables=tuple(BATCH_MODULES))
+    return values
 
 
 def load_config(preset: str = "glyphs", **overrides: Any) -> Config:
@@ -708,6 +723,7 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
     from .distributed import setup
 
     cfg.validate()
+    check_paths(cfg)
     rank, _, _ = setup()
     with hold_run_dir(cfg.run_dir) if rank == 0 else contextlib.nullcontext():
         return _train(cfg, resume, callback, force)
