@@ -26,7 +26,7 @@ from .checkpoint import (HISTORY_FILE, ConfigMismatchError, check_config, load_c
                          stored_config)
 from .models import BATCH_MODULES
 from .train import load_config, train
-from .utils import CLI_ERRORS, bars_disabled
+from .utils import CLI_ERRORS, bars_disabled, error_line
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
@@ -323,8 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = robustness_study(a.preset, runs, a.noise, a.seeds, a.methods, field=a.field, force=a.force, **extra)
     except CLI_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again (without --force): finished runs are loaded, the "
+              "interrupted one resumes from its last.pt", file=sys.stderr)
+        return 130
     if a.publish:
         command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
         for noise, res in study.items():

@@ -57,7 +57,7 @@ from .losses import LOSSES, MetricLoss
 from .metrics import retrieval_metrics
 from .models import BACKBONES, BATCH_MODULES, HEAD_INITS, POOLINGS, RetrievalNet, input_stats
 from .precision import PRECISIONS, Precision
-from .utils import CLI_ERRORS, autocast_dtype, bars_disabled, device, seed_everything
+from .utils import CLI_ERRORS, autocast_dtype, bars_disabled, device, error_line, seed_everything
 
 __all__ = ["Config", "load_config", "train", "evaluate", "embed_dataset", "build_datasets", "build_model",
            "load_checkpoint", "PRESETS"]
@@ -948,9 +948,29 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def interrupted_message(run_dir: Path, command: Sequence[str]) -> str:
+    """What to print when Ctrl-C stops a run: where its last checkpoint stands and how to continue.
+
+    ``command`` is the interrupted command line; the advice drops its ``--force`` (which would
+    delete the checkpoint) and adds ``--resume``.
+    """
+    import shlex
+
+    last = Path(run_dir) / "last.pt"
+    resume = shlex.join([*(a for a in command if a != "--force"), *([] if "--resume" in command else ["--resume"])])
+    try:
+        ck = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        where = f"epoch {ck['epoch']}, batch {ck['batch']}"
+    except Exception:           # no checkpoint yet, or one being written when Ctrl-C came
+        return (f"interrupted before {last} held a checkpoint: nothing to resume; run the same command again "
+                f"to start over")
+    return f"interrupted: {last} holds the run at {where} (0-based batch); continue it with: {resume}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "resume", "force")}
+    cfg = None
     try:
         cfg = load_config(args.preset, **overrides)
         if cfg.dataset == "cub" and not torch.cuda.is_available():
@@ -958,8 +978,15 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         history = train(cfg, resume=args.resume, force=args.force)
     except CLI_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if cfg is None:
+            print("interrupted", file=sys.stderr)
+        else:
+            command = ["python", "-m", "bgtutorial.train", *(sys.argv[1:] if argv is None else argv)]
+            print(interrupted_message(cfg.run_dir, command), file=sys.stderr)
+        return 130
     from .distributed import teardown, world
 
     rank = world()[0]

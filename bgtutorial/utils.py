@@ -5,6 +5,7 @@ import contextlib
 import datetime
 import os
 import random
+import re
 import shlex
 import socket
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 __all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled", "UserError", "CLI_ERRORS",
-           "about", "check_gpu_memory", "LockedError", "exclusive_lock"]
+           "about", "check_gpu_memory", "LockedError", "exclusive_lock", "error_line"]
 
 
 class UserError(Exception):
@@ -33,6 +34,20 @@ class LockedError(UserError):
 #: the exceptions the CLIs turn into ``error: <message>`` on stderr and exit code 2
 CLI_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, PermissionError,
                                                FloatingPointError)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line the CLIs print after ``error:`` for ``err``.
+
+    An error re-raised by a DataLoader worker carries the worker's whole traceback in its message
+    ("Caught CUBDataError in DataLoader worker process 0. Original Traceback ..."): only the original
+    message is kept. Line breaks and runs of spaces become single spaces.
+    """
+    text = str(err)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", lines[-1].strip()) if lines else type(err).__name__
+    return " ".join(text.split()) or type(err).__name__
 
 
 def device(prefer: str | None = None) -> torch.device:

@@ -612,3 +612,20 @@ def test_a_png_bomb_named_jpg_is_refused_in_one_line(tmp_path, fake_cub_root):
     ds.samples[0][0].write_bytes(_png_bomb())
     with pytest.raises(CUBDataError, match=r"is refused as a decompression bomb \(Image size \(10000000000 pixels\)"):
         ds[0]
+
+
+def test_a_bad_jpeg_in_a_loader_worker_gives_one_line(tmp_path, capsys):
+    """num_workers > 0: the worker's error came back with its 30-line traceback inside the message."""
+    from bgtutorial.train import build_splits, load_config, main
+
+    args = dict(out=str(tmp_path / "run"), data_root=str(tmp_path / "data"), epochs=1, num_workers=1,
+                eval_nmi=False, progress=False)
+    train_ds, _, _ = build_splits(load_config("smoke", **args))      # builds the synthetic archive once
+    for path, _ in train_ds.samples:                                  # every training image: the first batch fails
+        path.write_bytes(b"not a jpeg")
+    argv = ["--preset", "smoke"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot read image {train_ds.base / 'images'}/")
+    assert "the file is corrupt: extract again" in err
+    assert "Traceback" not in err and "worker" not in err

@@ -42,7 +42,7 @@ from torchvision import transforms as T
 from torchvision.datasets.utils import download_url
 from tqdm.auto import tqdm
 
-from ..utils import UserError, exclusive_lock
+from ..utils import CLI_ERRORS, UserError, error_line, exclusive_lock
 
 __all__ = [
     "CUB_URL", "CUB_MD5", "CUB_ARCHIVE", "CUB_FOLDER", "METADATA_FILES", "CUBDataError",
@@ -540,9 +540,13 @@ def main(argv: list[str] | None = None) -> int:
         print(download_cub(args.root, url=args.url, md5=md5))
         for s in ("train", "test"):
             print(CUB200(args.root, split=s))
-    except (CUBDataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except CLI_ERRORS as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-done was kept (a partial download or extraction is removed); run the "
+              "same command again", file=sys.stderr)
+        return 130
     return 0
 
 
