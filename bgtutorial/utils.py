@@ -91,9 +91,22 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+#: the values of ``BGT_SMOKE`` that ask for smoke mode, and those that ask for the full run
+SMOKE_ON, SMOKE_OFF = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
 def smoke_mode() -> bool:
-    """True when the environment variable ``BGT_SMOKE=1`` asks for tiny, fast runs (CI)."""
-    return os.environ.get("BGT_SMOKE", "0").strip().lower() in {"1", "true", "yes", "on"}
+    """True when the environment variable ``BGT_SMOKE`` asks for tiny, fast runs (CI sets ``BGT_SMOKE=1``).
+
+    The one parser of ``BGT_SMOKE``, for the package and the notebooks' parameters cells alike:
+    1/true/yes/on (any case) mean smoke mode, 0/false/no/off or unset the full run; anything else
+    raises ``ValueError`` instead of silently picking one.
+    """
+    value = os.environ.get("BGT_SMOKE", "").strip().lower()
+    if value not in SMOKE_ON + SMOKE_OFF:
+        raise ValueError(f"BGT_SMOKE={os.environ['BGT_SMOKE']!r} is neither on ({'/'.join(SMOKE_ON)}) nor off "
+                         f"({'/'.join(SMOKE_OFF[1:])} or unset); set BGT_SMOKE=1 for the smoke run or unset it")
+    return value in SMOKE_ON
 
 
 def bars_disabled(progress: bool = True) -> bool:

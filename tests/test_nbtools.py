@@ -133,3 +133,23 @@ def test_cli_says_which_files_are_not_notebooks_and_checks_the_others(tmp_path, 
         assert err.count("\n") == len(files) and all(line.startswith("error: ") and "pass .ipynb files only" in line
                                                      for line in err.splitlines())
         assert str(good) in out                                      # the good notebook was still handled
+
+
+@pytest.mark.parametrize("value,smoke", [("1", True), ("true", True), ("YES", True), (" on ", True), ("0", False),
+                                         ("false", False), ("off", False), ("", False), (None, False)])
+def test_smoke_mode_is_the_one_parser_of_bgt_smoke(monkeypatch, value, smoke):
+    from bgtutorial.utils import smoke_mode
+
+    if value is None:
+        monkeypatch.delenv("BGT_SMOKE", raising=False)
+    else:
+        monkeypatch.setenv("BGT_SMOKE", value)
+    assert smoke_mode() is smoke
+
+
+def test_smoke_mode_refuses_what_it_cannot_read(monkeypatch):
+    from bgtutorial.utils import smoke_mode
+
+    monkeypatch.setenv("BGT_SMOKE", "smoke")
+    with pytest.raises(ValueError, match=r"BGT_SMOKE='smoke' is neither on .* set BGT_SMOKE=1"):
+        smoke_mode()
