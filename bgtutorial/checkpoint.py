@@ -144,7 +144,7 @@ def _atomic_write(path: Path, write: Any) -> None:
         except OSError:
             free = "its free space unknown"
         kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
+        reason = getattr(err, "strerror", None) or f"the write failed: {str(err).splitlines()[0][:120]}"
         raise CheckpointError(f"could not write {path} ({reason}; {free}); {kept}. Free some space (or make the "
                               "folder writable), then continue with --resume (resume=True)") from None
     finally:

@@ -349,7 +349,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
                            "data/0: file write failed\nmore lines")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match=r"could not write .*last.pt \(\[enforce fail .*MiB free there\); the "
+    with pytest.raises(CheckpointError, match=r"could not write .*last.pt \(the write failed: \[enforce fail .*MiB free there\); the "
                                               r"previous last.pt is intact\. Free some space .*--resume"):
         atomic_save({"a": torch.zeros(2)}, path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
