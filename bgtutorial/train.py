@@ -960,11 +960,13 @@ def interrupted_message(run_dir: Path, command: Sequence[str]) -> str:
     resume = shlex.join([*(a for a in command if a != "--force"), *([] if "--resume" in command else ["--resume"])])
     try:
         ck = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        where = f"epoch {ck['epoch']}, batch {ck['batch']}"
+        epoch, batch, total = int(ck["epoch"]), int(ck["batch"]), json.loads(ck["config"])["epochs"]
     except Exception:           # no checkpoint yet, or one being written when Ctrl-C came
         return (f"interrupted before {last} held a checkpoint: nothing to resume; run the same command again "
                 f"to start over")
-    return f"interrupted: {last} holds the run at {where} (0-based batch); continue it with: {resume}"
+    where = (f"after {epoch} of {total} epochs" if batch == 0 else
+             f"in epoch {epoch + 1} of {total}, after {batch} batch{'es' if batch > 1 else ''}")
+    return f"interrupted: {last} holds the run {where}; continue it with: {resume}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -255,7 +255,8 @@ def test_ctrl_c_says_where_the_run_stands_and_how_to_resume(tmp_path):
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"interrupted: {out / 'last.pt'} holds the run at epoch ")
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted: {out / 'last.pt'} holds the run ")
+    assert " of 3 epochs" in lines[0] or " of 3, after " in lines[0]
     command = shlex.split(lines[0].split("continue it with: ", 1)[1])
     assert command[:3] == ["python", "-m", "bgtutorial.train"] and command[-1] == "--resume" and "--force" not in command
     done = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True)

@@ -147,13 +147,24 @@ def _free(folder: Path) -> str:
 
 def _check_bounds(archive: Path, member: tarfile.TarInfo, count: int, expanded: int) -> None:
     """Refuse the archive once its members exceed the official archive's figures (a decompression bomb)."""
-    limit = min(MAX_EXPANDED_BYTES, MAX_EXPANSION * max(archive.stat().st_size, 1))
+    size = archive.stat().st_size
+    limit = min(MAX_EXPANDED_BYTES, MAX_EXPANSION * max(size, 1))
     if count > MAX_MEMBERS or expanded > limit:
         what = (f"more than {MAX_MEMBERS:,} members" if count > MAX_MEMBERS else
-                f"more than {limit / 2**20:,.0f} MiB (at {member.name!r})")
+                f"more than {_size(limit)} (at {member.name!r})")
         raise CUBDataError(
-            f"{archive} expands to {what}; the official archive holds about 12,000 members and expands to about "
-            f"1.2 GB, little more than its own size. It is not the official archive: delete it and download it again.")
+            f"{archive} ({_size(size)}) expands to {what}; the official archive holds about 12,000 members and "
+            "expands to about 1.2 GB, little more than its own size. It is not the official archive: delete it and "
+            "download it again.")
+
+
+def _size(nbytes: float) -> str:
+    """A byte count for messages: "390 KiB", "1.2 GiB"."""
+    for unit in ("bytes", "KiB", "MiB"):
+        if nbytes < 1024:
+            return f"{nbytes:.0f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
 
 
 def _extract(archive: Path, root: Path) -> Path:
