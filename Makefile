@@ -27,8 +27,9 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest tests
 
+# as root (Docker images, cloud GPU boxes) Jupyter refuses to start without --allow-root
 lab: $(STAMP)
-	$(PY) -m jupyter lab notebooks
+	$(PY) -m jupyter lab notebooks $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done

@@ -13,27 +13,34 @@ A run folder (``runs/<name>/``) holds:
   is refused on load. (``best.pt`` of older runs is still removed by ``force``.)
 
 Writes are atomic (temporary file, then rename) and refuse non-finite tensors: a model whose
-weights blew up is never saved. Reads turn an empty or truncated file into
-:class:`CheckpointError` with the path and the fix.
+weights blew up is never saved; a write that fails (a full disk) leaves the previous file as it was
+and raises :class:`CheckpointError` with the free space and the fix. Reads turn an empty or
+truncated file into :class:`CheckpointError` with the path and the fix.
+
+One run per folder: :func:`hold_run_dir` locks the folder (``.lock``, :func:`bgtutorial.utils.exclusive_lock`)
+while a run trains into it, so a second run into the same folder stops at once with the holder named.
 """
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import json
 import os
 import pickle
+import shutil
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .utils import UserError
+from .utils import UserError, exclusive_lock
 
 __all__ = ["CheckpointError", "ConfigMismatchError", "MUTABLE_FIELDS", "CONFIG_FILE", "HISTORY_FILE", "RUN_FILES",
            "atomic_save", "atomic_json", "load_checkpoint", "load_history", "config_dict", "config_diff",
-           "stored_config", "check_config", "prepare_run_dir", "nonfinite_tensors", "first_nonfinite"]
+           "stored_config", "check_config", "prepare_run_dir", "nonfinite_tensors", "first_nonfinite",
+           "hold_run_dir", "LOCK_FILE", "restoring", "check_optimizer_state"]
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -44,6 +51,8 @@ RUN_FILES = (CONFIG_FILE, HISTORY_FILE, "last.pt", "best.pt", "best_val.pt")
 MUTABLE_FIELDS = frozenset({"preset", "out", "data_root", "device", "num_workers", "progress", "eval_batch_size", "eval_every",
                             "ckpt_every"})
 _FORCE_HINT = "pass --force (force=True) to delete it and train again"
+#: the lock a training run holds on its folder (removed when the run ends; never deleted by ``--force``)
+LOCK_FILE = ".lock"
 
 
 class CheckpointError(UserError, ValueError):
@@ -106,21 +115,38 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     if bad:
         raise FloatingPointError(f"refusing to save {path}: {len(bad)} tensor(s) hold NaN or inf, e.g. {bad[0]}; "
                                  "the run diverged: lower lr and train again with --force")
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)          # atomic on POSIX
-    finally:
-        tmp.unlink(missing_ok=True)
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_json(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as JSON through a temporary file and a rename (atomic on POSIX)."""
     path = Path(path)
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it to ``path``.
+
+    A failed write (a full disk, a quota, no permission: ``OSError`` or torch's ``RuntimeError``)
+    leaves ``path`` as it was and raises :class:`CheckpointError` naming the free space and the fix;
+    ``path`` being a folder is refused before anything is written.
+    """
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, where the run keeps a file; move it away (mv {path} "
+                              f"{path}.old) and run again")
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
+        write(tmp)
+        os.replace(tmp, path)          # atomic on POSIX
+    except (OSError, RuntimeError) as err:
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "its free space unknown"
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        reason = getattr(err, "strerror", None) or f"the write failed: {str(err).splitlines()[0][:120]}"
+        raise CheckpointError(f"could not write {path} ({reason}; {free}); {kept}. Free some space (or make the "
+                              "folder writable), then continue with --resume (resume=True)") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -162,15 +188,76 @@ def load_history(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no history at {path}; train first (python -m bgtutorial.train ...)")
+    resume = (f"delete it and train again with --resume (resume=True; last.pt holds the history up to its "
+              f"epoch, without --resume the run starts over), or {_FORCE_HINT}")
     try:
         history = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is truncated or not JSON ({err.__class__.__name__}); delete it "
-                              f"(training again resumes from last.pt) or {_FORCE_HINT}") from err
+        raise CheckpointError(f"{path} is truncated or not JSON ({err.__class__.__name__}); {resume}") from err
     if not isinstance(history, dict) or not {"config", "epochs"} <= history.keys():
-        raise CheckpointError(f"{path} is not a bgtutorial history (no 'config'/'epochs'); delete it "
-                              f"or {_FORCE_HINT}")
+        raise CheckpointError(f"{path} is not a bgtutorial history (no 'config'/'epochs'); {resume}")
+    problem = _history_problem(history)
+    if problem:
+        raise CheckpointError(f"{path} is not a bgtutorial history ({problem}); {resume}")
     return history
+
+
+def _history_problem(history: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of a parsed history, or ``None``: a config dict, a list of epoch
+    records (dicts numbered 1, 2, ... with numeric values), optional lists of steps."""
+    if not isinstance(history["config"], dict):
+        return f"'config' is a {type(history['config']).__name__}, not an object"
+    epochs = history["epochs"]
+    if not isinstance(epochs, list):
+        return f"'epochs' is a {type(epochs).__name__}, not a list"
+    for i, record in enumerate(epochs, 1):
+        if not isinstance(record, dict) or record.get("epoch") != i:
+            return f"epoch record {i} is not an object with \"epoch\": {i}"
+        bad = [k for k, v in record.items() if k != "val" and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+        if bad:
+            return f"epoch record {i} holds non-numbers under {', '.join(map(repr, bad[:3]))}"
+    if not isinstance(history.get("steps", []), list):
+        return "'steps' is not a list"
+    return None
+
+
+def _detail(err: BaseException) -> str:
+    """The informative line of an exception, shortened: for ``load_state_dict``'s multi-line report,
+    its first mismatch ("size mismatch for head.weight: ...", "Missing key(s) ...")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    if isinstance(err, KeyError):
+        text = f"no entry {text}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextlib.contextmanager
+def restoring(path: str | Path, fix: str = "") -> Iterator[None]:
+    """Turn an error while putting a checkpoint's contents in place (a missing entry, a tensor of
+    another shape, a value of the wrong type) into one :class:`CheckpointError` naming ``path``.
+
+    ``fix`` replaces the default advice (delete it and train again without ``--resume``, or ``--force``).
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+        fix = fix or f"delete it and train again without --resume, or {_FORCE_HINT}"
+        raise CheckpointError(f"checkpoint {path} does not fit this run ({_detail(err)}); {fix}") from err
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``ValueError`` when a loaded optimizer state holds a tensor whose shape is not its parameter's
+    (``load_state_dict`` does not check; the first step would fail)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise ValueError(f"optimizer state {key!r} has shape {tuple(value.shape)}, its parameter "
+                                     f"{tuple(p.shape)}")
 
 
 # -------------------------------------------------------------------------- config checks
@@ -245,6 +332,10 @@ def prepare_run_dir(run_dir: str | Path, cfg: Any, force: bool = False, write: b
     comparing. ``write=False`` checks only (the non-leading ranks of a distributed run).
     """
     run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        if (run_dir / name).is_dir():
+            raise CheckpointError(f"{run_dir / name} is a folder, where a run keeps a file: move it away "
+                                  f"(mv {run_dir / name} {run_dir / name}.old) or train into another folder (--out DIR)")
     if force:
         if write:
             for name in RUN_FILES:
@@ -256,3 +347,37 @@ def prepare_run_dir(run_dir: str | Path, cfg: Any, force: bool = False, write: b
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_json(config_dict(cfg), run_dir / CONFIG_FILE)
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Create ``run_dir`` if needed and lock it (``run_dir/.lock``) for the ``with`` block; yield it.
+
+    One run per folder: while a run holds the lock, a second run into the folder (``--force``
+    included) raises :class:`~bgtutorial.utils.LockedError` naming the holder, before it has read
+    or deleted anything. The lock dies with its process (a killed run leaves no stale lock); the
+    folder, when this call created it and nothing was written into it, is removed again.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"the run folder {run_dir} is a file, not a folder: choose another --out (out=...)")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the run folder {run_dir} ({err.strerror or err}): choose another "
+                        "--out (out=...) in a folder you can write") from None
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(exclusive_lock(
+                    run_dir / LOCK_FILE, wait=False, what=f"the run folder {run_dir}",
+                    hint="wait for that run to finish (or stop it), or train into another folder (--out DIR)"))
+            except PermissionError as err:
+                raise UserError(f"cannot write into the run folder {run_dir} ({err.strerror}): make it writable "
+                                f"(chmod u+w {run_dir}) or choose another --out") from None
+            yield run_dir
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()        # only when empty: a run that failed before writing leaves no folder

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from .plots import embedding_projection, plot_history  # noqa: E402
 from .experiments import embed_run  # noqa: E402
 from .train import build_datasets, format_table, load_config, train  # noqa: E402
-from .utils import CLI_ERRORS  # noqa: E402
+from .utils import CLI_ERRORS, error_line  # noqa: E402
 
 
 #: classes drawn in the demo's projection: a legend can name 10, a cloud of 102 colours shows nothing
@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _demo(args)
     except CLI_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: `make demo` trains from the start again; python -m bgtutorial.train --preset "
+              f"{args.preset or 'glyphs'} --out {args.out} --resume continues the run in {args.out}", file=sys.stderr)
+        return 130
 
 
 def _demo(args: argparse.Namespace) -> int:

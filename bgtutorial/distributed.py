@@ -30,12 +30,28 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def _env_int(name: str, default: int) -> int:
+    """The integer in the environment variable ``name`` (torchrun sets it), or ``default`` when unset;
+    ``ValueError`` naming the variable when it holds something else."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"the environment variable {name}={text!r} is not a non-negative integer: torchrun sets it "
+                         f"for each process; unset it (unset {name}) for a single process, or launch with torchrun")
+    return value
+
+
 def setup() -> tuple[int, int, int]:
     """Start the process group when launched by torchrun; return (rank, world_size, local_rank)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = _env_int("WORLD_SIZE", 1)
     if size <= 1:
         return 0, 1, 0
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = _env_int("LOCAL_RANK", 0)
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":

@@ -22,10 +22,11 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from .checkpoint import HISTORY_FILE, ConfigMismatchError, check_config, load_checkpoint, load_history, stored_config
+from .checkpoint import (HISTORY_FILE, ConfigMismatchError, check_config, load_checkpoint, load_history, restoring,
+                         stored_config)
 from .models import BATCH_MODULES
 from .train import load_config, train
-from .utils import CLI_ERRORS, bars_disabled
+from .utils import CLI_ERRORS, bars_disabled, error_line
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
@@ -209,6 +210,10 @@ def _run_config(run_dir: Path, **overrides: Any):
     return Config(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
 
 
+#: the advice when a finished run's checkpoint does not fit its config
+_RETRAIN = "train the run again (run_or_load(..., force=True) or python -m bgtutorial.train ... --force)"
+
+
 def _test_time_net(run_dir: Path, checkpoint: str, **overrides: Any):
     """``(cfg, network without the batch module, test dataset, device)`` of a finished run.
 
@@ -222,8 +227,9 @@ def _test_time_net(run_dir: Path, checkpoint: str, **overrides: Any):
     _, test_ds = build_datasets(cfg)
     dev = device(cfg.device or None)
     model = build_net(cfg, with_module=False, pretrained=False).to(dev)
-    state = load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"]
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
+    with restoring(run_dir / checkpoint, _RETRAIN):
+        state = load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"]
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("batch_module.")})
     return cfg, model, test_ds, dev
 
 
@@ -285,7 +291,8 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last.pt", dev=None):
     cfg = _run_config(run_dir)
     dev = dev or device(cfg.device or None)
     net = build_net(cfg, pretrained=False).to(dev)
-    net.load_state_dict(load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"])
+    with restoring(run_dir / checkpoint, _RETRAIN):
+        net.load_state_dict(load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"])
     return cfg, net.eval()
 
 
@@ -351,8 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = robustness_study(a.preset, runs, a.noise, a.seeds, a.methods, field=a.field, force=a.force, **extra)
     except CLI_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again (without --force): finished runs are loaded, the "
+              "interrupted one resumes from its last.pt", file=sys.stderr)
+        return 130
     if a.publish:
         command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
         for noise, res in study.items():

@@ -2,20 +2,24 @@
 
 Every sample queries all the others (the query itself is excluded from its own
 neighbours), the CUB-200 retrieval protocol of docs/method.md. Non-finite embeddings are refused:
-NaN distances would otherwise rank every query's twin first and score a perfect Recall@1. The distance matrix is never
-materialised whole: queries are processed ``chunk_size`` rows at a time in one reused
+NaN distances would otherwise rank every query's twin first and score a perfect Recall@1. Finite
+embeddings stay finite: before the search they are scaled by a power of two and centred, in float64
+(:func:`prepare_embeddings`), which leaves every distance's order as it was and keeps a column of
+1e20 (or of 1e-30) from overflowing (or vanishing in) the squared norms of float32. The distance
+matrix is never materialised whole: queries are processed ``chunk_size`` rows at a time in one reused
 (chunk_size, N) buffer (197 MB for 12,000 × 512 with the default 4096, faiss's own query
 block), so memory stays bounded on CPU or GPU. The chunk size does not change the result.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 import torch
 from einops import rearrange
 
-__all__ = ["knn", "recall_at_k", "map_at_r", "nmi", "retrieval_metrics"]
+__all__ = ["knn", "prepare_embeddings", "recall_at_k", "map_at_r", "nmi", "retrieval_metrics"]
 
 
 def _check_finite(embeddings: torch.Tensor) -> None:
@@ -29,6 +33,7 @@ def _check_finite(embeddings: torch.Tensor) -> None:
 
 
 def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings (N, D) as given (finite, N >= 2) and labels (N,) on their device; ``ValueError`` otherwise."""
     embeddings, labels = torch.as_tensor(embeddings), torch.as_tensor(labels)
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
@@ -37,31 +42,63 @@ def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
         raise ValueError(f"labels must be (N,) with N={embeddings.shape[0]}, got shape {tuple(labels.shape)}")
     if embeddings.shape[0] < 2:
         raise ValueError("need at least 2 samples: each query is compared with the others")
-    return embeddings.float(), labels.to(embeddings.device)
+    return embeddings, labels.to(embeddings.device)
+
+
+def _power_of_two_scale(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (float64) divided by the power of two that brings its largest |entry| into [1, 2) (exact)."""
+    top = float(x.abs().max())
+    if top == 0.0:
+        return x
+    shift = 1 - math.frexp(top)[1]                                   # top * 2**shift in [1, 2)
+    half = shift // 2                                                # two factors: 2**shift alone may overflow
+    return x * 2.0 ** half * 2.0 ** (shift - half)
+
+
+@torch.no_grad()
+def prepare_embeddings(embeddings: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """The float32 embeddings (N, D) that :func:`knn` compares: same neighbours, no overflow.
+
+    In float64: divided by a power of two so that the largest |entry| lies in [1, 2) (exact),
+    L2-normalised per row for ``metric="cosine"``, centred (the column means subtracted: distances
+    do not move) and scaled by a power of two again; then float32. The squared norms of the
+    search, ``|x|²`` (N,), are then at most 4·D, so finite embeddings give finite distances (a
+    column of 1e20 would overflow float32's squares to inf, and ``inf - inf`` is NaN), and a
+    large common offset no longer swamps the differences between samples. Non-finite input raises
+    ``ValueError`` (:func:`knn`'s message).
+    """
+    x = torch.as_tensor(embeddings)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got shape {tuple(x.shape)}")
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    _check_finite(x)
+    x = _power_of_two_scale(x.double())                              # (N, D) float64, max |x| in [1, 2)
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    x = x - x.mean(dim=0, keepdim=True)                              # (N, D) centred: distances unchanged
+    return _power_of_two_scale(x).float()
 
 
 @torch.no_grad()
 def knn(embeddings: torch.Tensor, k: int, chunk_size: int = 4096, metric: str = "euclidean") -> torch.Tensor:
     """Indices (N, k) of each sample's k nearest other samples, nearest first.
 
-    Exact search by squared Euclidean distance ``|q|² - 2 q·x + |x|²`` (on L2-normalised
-    embeddings for ``metric="cosine"``), ``chunk_size`` queries at a time: one matrix product
-    with ``-2 X`` (shape (D, N)), the two squared norms added in place, the query's own column
-    set to +inf (it is excluded), and a top-k, all in one (chunk_size, N) buffer reused by every
-    chunk. The indices are those of the plain formula on the whole (N, N) matrix, bit for bit
-    in the tests (``docs/benchmarks.md`` shows where the time goes).
+    Exact search by squared Euclidean distance ``|q|² - 2 q·x + |x|²`` on the embeddings of
+    :func:`prepare_embeddings` (scaled and centred, L2-normalised first for ``metric="cosine"``),
+    ``chunk_size`` queries at a time: one matrix product with ``-2 X`` (shape (D, N)), the two
+    squared norms added in place, the query's own column set to +inf (it is excluded), and a
+    top-k, all in one (chunk_size, N) buffer reused by every chunk. The indices are those of the
+    plain formula on the whole (N, N) matrix of the prepared embeddings, bit for bit in the tests
+    (``docs/benchmarks.md`` shows where the time goes).
     """
-    x = torch.as_tensor(embeddings).float()
+    x = torch.as_tensor(embeddings)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(x.shape)}")
-    _check_finite(x)
     n = x.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-    if metric == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)
+    x = prepare_embeddings(x, metric)                                # (N, D) float32, finite squares
     sq = (x * x).sum(1)                                              # (N,) |x|²
     db = rearrange(-2 * x, "n d -> d n")                             # (D, N); the factor 2 is exact
     out = torch.empty(n, k, dtype=torch.long, device=x.device)
@@ -105,10 +142,12 @@ def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int
     """
     embeddings, labels = _check(embeddings, labels)
     _check_ks(ks)
-    kmax = min(max(ks), embeddings.shape[0] - 1)
+    n = embeddings.shape[0]
+    kmax = min(max(ks), n - 1)                                      # K >= N-1: every other sample is retrieved
     nn = _neighbours(embeddings, kmax, chunk_size, metric, neighbours)  # (N, Kmax)
     hit = labels[nn] == labels[:, None]                             # (N, Kmax)
-    first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(labels, kmax))  # rank of first hit
+    # rank of the first hit (0-based); a query with none gets max(ks), a miss at every K, also at K >= N
+    first = torch.where(hit.any(1), hit.long().argmax(1), torch.full_like(nn[:, 0], int(max(ks))))
     return {int(k): float((first < k).double().mean()) for k in ks}
 
 
@@ -145,7 +184,8 @@ def nmi(embeddings: torch.Tensor, labels: torch.Tensor, seed: int = 0, n_init: i
     embeddings, labels = _check(embeddings, labels)
     y = labels.cpu().numpy()
     k = len(np.unique(y))
-    pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(embeddings.cpu().numpy())
+    x = prepare_embeddings(embeddings)     # scaled and centred: k-means' clusters do not move, squares stay finite
+    pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x.cpu().numpy())
     return float(normalized_mutual_info_score(y, pred))
 
 

@@ -8,14 +8,18 @@ never touches it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from .utils import UserError
 
 __all__ = ["RetrievalNet", "SmallCNN", "build_backbone", "load_glyph_weights", "GLYPH_WEIGHTS", "backbone_weights", "input_stats", "BACKBONES",
            "BATCH_MODULES", "POOLINGS", "HEAD_INITS", "make_batch_module"]
@@ -110,6 +114,25 @@ class _AvgMaxPool(nn.Module):
         return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))
 
 
+@contextlib.contextmanager
+def _weights_download(name: str) -> Iterator[None]:
+    """Turn a failed download of pretrained weights (offline, a proxy, a 404) into a :class:`UserError`
+    that says where to place the file by hand, or to train without them."""
+    try:
+        yield
+    except OSError as err:                        # URLError, HTTPError, the Hub's connection errors
+        reason = " ".join(str(getattr(err, "reason", None) or err).split())[:160]
+        if name in TIMM_MODELS:
+            where = (f"run once on a machine that is online (timm.create_model({TIMM_MODELS[name]!r}, pretrained=True)) "
+                     "and copy its Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME/hub) to this machine")
+        else:
+            url = backbone_weights(name).url
+            target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+            where = f"download {url} elsewhere and place it at {target}"
+        raise UserError(f"could not download the pretrained weights of {name} ({type(err).__name__}: {reason}): "
+                        f"{where}, or pass --pretrained false (random initial weights)") from None
+
+
 def build_backbone(name: str, pretrained: bool = True, pooling: str = "avg") -> tuple[nn.Module, int]:
     """A backbone that maps images (B, 3, H, W) to pooled features (B, D); returns it and D.
 
@@ -130,9 +153,11 @@ def build_backbone(name: str, pretrained: bool = True, pooling: str = "avg") -> 
     if name in TIMM_MODELS:
         import timm  # weights come through timm's pretrained API (a download only when pretrained=True)
 
-        net = timm.create_model(TIMM_MODELS[name], pretrained=pretrained, num_classes=0)   # (B, 384) CLS feature
+        with _weights_download(name):
+            net = timm.create_model(TIMM_MODELS[name], pretrained=pretrained, num_classes=0)   # (B, 384) CLS feature
         return net, net.num_features
-    net = torchvision.models.get_model(name, weights=backbone_weights(name) if pretrained else None)
+    with _weights_download(name):
+        net = torchvision.models.get_model(name, weights=backbone_weights(name) if pretrained else None)
     dim = net.fc.in_features
     net.fc = nn.Identity()     # torchvision's ResNet already pools globally before fc
     if pooling == "avgmax":

@@ -8,7 +8,9 @@ edit of the cell shows up as a stale output (:func:`stale_cells`).
 
 ``python -m bgtutorial.nbtools check notebooks/*.ipynb`` lists stale cells and unclean outputs
 (warnings, tracebacks, figures kept only as ``<Figure ...>`` text, stray values such as a bare
-``[]``); it exits non-zero when it finds any. ``strip`` removes every output.
+``[]``); it exits 1 when it finds any. ``strip`` removes every output. A file that is not a
+notebook (not JSON, not a notebook's structure) gets one ``error:`` line, the other files are
+still handled, and the exit code is 2.
 """
 from __future__ import annotations
 
@@ -194,8 +196,13 @@ def _main(argv: list[str]) -> int:
     if missing:
         print(f"error: no such notebook: {', '.join(missing)}", file=sys.stderr)
         return 2
-    bad = 0
+    bad, unreadable = 0, 0
     for p in paths:
+        problem = _unreadable(p)
+        if problem:                       # say so, go on with the other files, exit 2 at the end
+            print(f"error: {p} {problem}", file=sys.stderr)
+            unreadable += 1
+            continue
         if cmd == "strip":
             print(("stripped " if strip_notebook(p) else "clean    ") + p)
         elif cmd == "check":
@@ -211,7 +218,25 @@ def _main(argv: list[str]) -> int:
             for line in problems:
                 print("  " + line)
             bad += len(problems)
-    return 1 if bad else 0
+    return 2 if unreadable else 1 if bad else 0
+
+
+def _unreadable(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a notebook (not JSON, not a notebook's structure), or ``None``."""
+    import json
+
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+        if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "cell_type" in c for c in nb.cells):
+            return "is not a notebook (no list of cells); pass .ipynb files only"
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"is not JSON ({type(err).__name__}: {' '.join(str(err).split())[:100]}); pass .ipynb files only"
+    except Exception as err:          # nbformat's NotJSONError, its schema's ValidationError, a JSON list ...
+        text = " ".join(str(err).split())[:100]
+        return f"is not a notebook ({type(err).__name__}: {text}); pass .ipynb files only"
+    return None
 
 
 if __name__ == "__main__":

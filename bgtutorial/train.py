@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,14 +49,15 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_json as _atomic_json
 from .checkpoint import atomic_save as _atomic_save
-from .checkpoint import first_nonfinite, load_checkpoint, prepare_run_dir
+from .checkpoint import check_optimizer_state, first_nonfinite, hold_run_dir, load_checkpoint, prepare_run_dir, restoring
+from .config_checks import check_bounds, check_paths, check_preset_values, check_types
 from .data import (CUB200, DigitsRetrieval, GlyphsRetrieval, MPerClassBatchSampler, download_cub, eval_transform, fake_cub_url,
                    make_fake_cub, train_transform)
 from .losses import LOSSES, MetricLoss
 from .metrics import retrieval_metrics
 from .models import BACKBONES, BATCH_MODULES, HEAD_INITS, POOLINGS, RetrievalNet, input_stats
 from .precision import PRECISIONS, Precision
-from .utils import CLI_ERRORS, autocast_dtype, bars_disabled, device, seed_everything
+from .utils import CLI_ERRORS, autocast_dtype, bars_disabled, device, error_line, seed_everything
 
 __all__ = ["Config", "load_config", "train", "evaluate", "embed_dataset", "build_datasets", "build_model",
            "load_checkpoint", "PRESETS"]
@@ -149,7 +151,9 @@ class Config:
     corrupt: float = 0.0               # share p in [0, 1] of training images corrupted (0: none)
 
     def validate(self) -> "Config":
-        """Raise ``ValueError`` with the fix for a config that cannot run."""
+        """Raise ``ValueError`` with the fix for a config that cannot run (types and bounds:
+        :mod:`bgtutorial.config_checks`)."""
+        check_types(dataclasses.asdict(self), Config)
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.batch_module not in MODULES:
@@ -205,6 +209,7 @@ class Config:
                              "module (batch_module='batchformer' or 'bgformer'), or leave shared_head=True")
         if not 0.0 <= self.corrupt <= 1.0:
             raise ValueError(f"corrupt must be in [0, 1] (the share of training images corrupted), got {self.corrupt}")
+        check_bounds(self)
         return self
 
     @property
@@ -221,11 +226,22 @@ _MINIMUM = {"batch_size": 1, "m": 1, "epochs": 1, "lr_step": 1, "eval_batch_size
 
 
 def _preset_file(name: str) -> dict[str, Any]:
-    path = resources.files("bgtutorial") / "configs" / f"{name}.toml"
-    if not path.is_file():
+    """The fields of ``configs/<name>.toml``, checked (:func:`~bgtutorial.config_checks.check_preset_values`).
+
+    ``name`` must be one of the files there: a path (``../../pyproject``) is refused.
+    """
+    folder = resources.files("bgtutorial") / "configs"
+    names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    if name not in names:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} "
                          "(optionally followed by -batchformer or -bgformer)")
-    return tomllib.loads(path.read_text())
+    path = folder / f"{name}.toml"
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"preset file {path} is not valid TOML ({err}); fix that line") from None
+    check_preset_values(values, Config, f"preset file {path}", tables=tuple(BATCH_MODULES))
+    return values
 
 
 def load_config(preset: str = "glyphs", **overrides: Any) -> Config:
@@ -715,25 +731,36 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
     ``callback(history)`` is called after every evaluation (live plots in notebooks).
     A run folder that holds another config (``config.json``) raises ``ConfigMismatchError``,
     with ``resume`` or without; ``force=True`` deletes its run files and starts over.
+    One run per folder: the run holds a lock on its folder (:func:`~bgtutorial.checkpoint.hold_run_dir`),
+    and a second run into it stops at once (``LockedError`` naming the holder), ``force`` or not.
+    Nothing is written into the folder before the config, the data and the model are known good.
     Under torchrun (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel: ``batch_size``
-    is the global batch, each rank takes its slice; rank 0 evaluates and writes the files.
-    BatchNorm is synchronised across GPUs (SyncBatchNorm) unless ``bn_freeze``; on CPU ranks
-    (gloo) it stays per rank.
+    is the global batch, each rank takes its slice; rank 0 evaluates, writes the files and holds
+    the lock. BatchNorm is synchronised across GPUs (SyncBatchNorm) unless ``bn_freeze``; on CPU
+    ranks (gloo) it stays per rank.
     """
+    from .distributed import setup
+
+    cfg.validate()
+    check_paths(cfg)
+    rank, _, _ = setup()
+    with hold_run_dir(cfg.run_dir) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, resume, callback, force)
+
+
+def _train(cfg: Config, resume: bool, callback, force: bool) -> dict[str, Any]:
+    """:func:`train`'s body, run while the folder is locked."""
     from torch.nn.parallel import DistributedDataParallel
 
     from .data import RandomBatchSampler
     from .distributed import GatherBatch, setup
 
-    cfg.validate()
     rank, world_size, local_rank = setup()
     seed_everything(cfg.seed)
     dev = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() else device(cfg.device or None)
     lead = rank == 0
     run = cfg.run_dir
-    prepare_run_dir(run, cfg, force=force, write=lead)     # refuses another config; writes config.json
-    if world_size > 1:
-        torch.distributed.barrier()
+    prepare_run_dir(run, cfg, force=force, write=False)    # refuses another config before any work
     train_ds, val_ds, test_ds = build_splits(cfg)
     model, criterion = build_model(cfg, num_classes=len(set(train_ds.targets)))
     prefixes = [p.strip() for p in cfg.frozen.split(",") if p.strip()]
@@ -742,6 +769,9 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
         if not any(n.startswith(prefix) for n in names):
             raise ValueError(f"frozen={prefix!r} matches no parameter of {cfg.backbone}; parameter names start "
                              f"with e.g. {', '.join(sorted({n.rsplit('.', 2)[0] for n in names})[:6])}")
+    prepare_run_dir(run, cfg, force=force, write=lead)     # data and model built: (force: clear,) write config.json
+    if world_size > 1:
+        torch.distributed.barrier()
     model.to(dev)
     criterion.to(dev)
     if dev.type == "cuda":
@@ -772,18 +802,24 @@ def train(cfg: Config, resume: bool = False, callback=None, force: bool = False)
     last, best_val = run / "last.pt", run / "best_val.pt"
     if resume and last.is_file():
         ck = load_checkpoint(last, dev, config=cfg)
-        model.load_state_dict(ck["model"])
-        criterion.load_state_dict(ck["loss"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        prec.load_state_dict(ck.get("scaler", {}))
-        torch.set_rng_state(ck["rng_cpu"])
-        if dev.type == "cuda" and "rng_cuda" in ck:
-            torch.cuda.set_rng_state(ck["rng_cuda"])
-        history = json.loads(ck["history"])
-        start_epoch, start_batch = ck["epoch"], ck["batch"]
+        with restoring(last):         # a missing entry or a tensor of another shape: one CheckpointError
+            model.load_state_dict(ck["model"])
+            criterion.load_state_dict(ck["loss"])
+            optimizer.load_state_dict(ck["optimizer"])
+            check_optimizer_state(optimizer)
+            scheduler.load_state_dict(ck["scheduler"])
+            prec.load_state_dict(ck.get("scaler", {}))
+            torch.set_rng_state(ck["rng_cpu"])
+            if dev.type == "cuda" and "rng_cuda" in ck:
+                torch.cuda.set_rng_state(ck["rng_cuda"])
+            history = json.loads(ck["history"])
+            start_epoch, start_batch = ck["epoch"], ck["batch"]
+            if not (isinstance(history, dict) and 0 <= start_epoch <= cfg.epochs and 0 <= start_batch < steps_per_epoch):
+                raise ValueError(f"epoch {start_epoch}, batch {start_batch} is not a point of this run's schedule")
         if lead:
             print(f"resumed from {last}: epoch {start_epoch}, batch {start_batch}", file=sys.stderr)
+            if not (run / "history.json").is_file():   # deleted (it was broken): restored from last.pt
+                _atomic_json(history, run / "history.json")
 
     def save_last(epoch: int, batch: int) -> None:
         if not lead:
@@ -931,9 +967,31 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def interrupted_message(run_dir: Path, command: Sequence[str]) -> str:
+    """What to print when Ctrl-C stops a run: where its last checkpoint stands and how to continue.
+
+    ``command`` is the interrupted command line; the advice drops its ``--force`` (which would
+    delete the checkpoint) and adds ``--resume``.
+    """
+    import shlex
+
+    last = Path(run_dir) / "last.pt"
+    resume = shlex.join([*(a for a in command if a != "--force"), *([] if "--resume" in command else ["--resume"])])
+    try:
+        ck = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        epoch, batch, total = int(ck["epoch"]), int(ck["batch"]), json.loads(ck["config"])["epochs"]
+    except Exception:           # no checkpoint yet, or one being written when Ctrl-C came
+        return (f"interrupted before {last} held a checkpoint: nothing to resume; run the same command again "
+                f"to start over")
+    where = (f"after {epoch} of {total} epochs" if batch == 0 else
+             f"in epoch {epoch + 1} of {total}, after {batch} batch{'es' if batch > 1 else ''}")
+    return f"interrupted: {last} holds the run {where}; continue it with: {resume}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "resume", "force")}
+    cfg = None
     try:
         cfg = load_config(args.preset, **overrides)
         if cfg.dataset == "cub" and not torch.cuda.is_available():
@@ -941,8 +999,15 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         history = train(cfg, resume=args.resume, force=args.force)
     except CLI_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if cfg is None:
+            print("interrupted", file=sys.stderr)
+        else:
+            command = ["python", "-m", "bgtutorial.train", *(sys.argv[1:] if argv is None else argv)]
+            print(interrupted_message(cfg.run_dir, command), file=sys.stderr)
+        return 130
     from .distributed import teardown, world
 
     rank = world()[0]

@@ -1,14 +1,22 @@
-"""Small helpers shared by the package and the notebooks: device choice, seeds, smoke mode."""
+"""Small helpers shared by the package and the notebooks: device choice, seeds, smoke mode, file locks."""
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import random
+import re
+import shlex
+import socket
+import sys
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 __all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled", "UserError", "CLI_ERRORS",
-           "about", "check_gpu_memory"]
+           "about", "check_gpu_memory", "LockedError", "exclusive_lock", "error_line"]
 
 
 class UserError(Exception):
@@ -19,9 +27,27 @@ class UserError(Exception):
     """
 
 
+class LockedError(UserError):
+    """Another process holds the lock on a folder (a run folder, the CUB extraction); the message names it."""
+
+
 #: the exceptions the CLIs turn into ``error: <message>`` on stderr and exit code 2
 CLI_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, PermissionError,
                                                FloatingPointError)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line the CLIs print after ``error:`` for ``err``.
+
+    An error re-raised by a DataLoader worker carries the worker's whole traceback in its message
+    ("Caught CUBDataError in DataLoader worker process 0. Original Traceback ..."): only the original
+    message is kept. Line breaks and runs of spaces become single spaces.
+    """
+    text = str(err)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", lines[-1].strip()) if lines else type(err).__name__
+    return " ".join(text.split()) or type(err).__name__
 
 
 def device(prefer: str | None = None) -> torch.device:
@@ -65,9 +91,22 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+#: the values of ``BGT_SMOKE`` that ask for smoke mode, and those that ask for the full run
+SMOKE_ON, SMOKE_OFF = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
 def smoke_mode() -> bool:
-    """True when the environment variable ``BGT_SMOKE=1`` asks for tiny, fast runs (CI)."""
-    return os.environ.get("BGT_SMOKE", "0").strip().lower() in {"1", "true", "yes", "on"}
+    """True when the environment variable ``BGT_SMOKE`` asks for tiny, fast runs (CI sets ``BGT_SMOKE=1``).
+
+    The one parser of ``BGT_SMOKE``, for the package and the notebooks' parameters cells alike:
+    1/true/yes/on (any case) mean smoke mode, 0/false/no/off or unset the full run; anything else
+    raises ``ValueError`` instead of silently picking one.
+    """
+    value = os.environ.get("BGT_SMOKE", "").strip().lower()
+    if value not in SMOKE_ON + SMOKE_OFF:
+        raise ValueError(f"BGT_SMOKE={os.environ['BGT_SMOKE']!r} is neither on ({'/'.join(SMOKE_ON)}) nor off "
+                         f"({'/'.join(SMOKE_OFF[1:])} or unset); set BGT_SMOKE=1 for the smoke run or unset it")
+    return value in SMOKE_ON
 
 
 def bars_disabled(progress: bool = True) -> bool:
@@ -119,3 +158,56 @@ def check_gpu_memory(required_gib: float, what: str, total_gib: float | None = N
           "Lower batch_size (in multiples of m; keep steps_per_epoch x batch_size about the same), use "
           "precision='bf16' or 'fp16' if it is fp32, or set RUN_TIER2=False to skip it." + (f" {hint}" if hint else ""))
     return False
+
+
+def _holder() -> str:
+    """Who holds a lock: this process's id, command line (shortened), host and start time."""
+    command = " ".join(shlex.join(getattr(sys, "orig_argv", sys.argv)).split())      # one line
+    command = command if len(command) <= 160 else command[:157] + "..."
+    return (f"process {os.getpid()} ({command}) on {socket.gethostname()}, "
+            f"since {datetime.datetime.now().isoformat(timespec='seconds')}")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, wait: bool = True, what: str = "", hint: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (POSIX ``flock``) for the ``with`` block.
+
+    The file records its holder (process id, command line, host, start time) and is removed on
+    release; the kernel drops the lock when its process dies, so a killed holder never leaves a
+    stale lock behind. ``wait=True`` waits for the holder to finish (processes started together,
+    e.g. torchrun's ranks extracting CUB once); ``wait=False`` raises :class:`LockedError` at once,
+    "``what`` is in use by <holder>; ``hint``". Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:           # Windows: no advisory locks, one process at a time is up to the user
+        yield
+        return
+    path = Path(path)
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process (starting up)"
+            handle.close()
+            raise LockedError(f"{what or path} is in use by {holder}; {hint or 'wait for it to finish'}") from None
+        try:                      # the previous holder may have removed the file between our open and flock
+            mine, there = os.fstat(handle.fileno()), os.stat(path)
+            if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(_holder() + "\n")
+        handle.flush()
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()         # while still locked: a waiting process then finds another file and retries
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

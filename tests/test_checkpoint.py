@@ -246,3 +246,158 @@ def test_diverged_model_gets_no_score_and_no_checkpoint(tmp_path, monkeypatch, c
     assert err.count("\n") == 1 and "test embeddings are NaN or inf" in err and "lower lr" in err
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
     assert load_history(tmp_path / "history.json")["epochs"] == []
+
+
+# ---------------------------------------------------------------- issue 23: one run per folder
+HOLD = ("import sys, time\nfrom bgtutorial.checkpoint import hold_run_dir\n"
+        "with hold_run_dir(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+def test_a_second_run_into_a_folder_in_use_stops_naming_the_holder(finished, tmp_path, capsys):
+    """Issue 23, item 3: a second --force run into a folder while the first trained mixed their files."""
+    import subprocess
+    import sys
+
+    out = copy_run(finished, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(cli(out, "--force")) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: the run folder {out} is in use by process {holder.pid} (" in err
+        assert "wait for that run to finish" in err and "--out" in err
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before   # nothing touched
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(cli(out, "--force")) == 0                   # the lock died with its process
+    assert not (out / ".lock").exists()
+
+
+def test_a_run_holds_its_folder_while_it_trains(tmp_path):
+    from bgtutorial.utils import LockedError
+
+    tried = []
+
+    def second_run(history):
+        with pytest.raises(LockedError, match=rf"the run folder {tmp_path / 'run'} is in use by process \d+"):
+            train(tiny(tmp_path / "run"), force=True)
+        tried.append(True)
+
+    train(tiny(tmp_path / "run"), callback=second_run)
+    assert tried and not (tmp_path / "run" / ".lock").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "history.json", "last.pt"]
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path, capsys):
+    assert main(cli(tmp_path / "run", "--val_classes", "1000")) == 2
+    assert "val_classes=1000" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- issue 23: checkpoints that load but do not fit
+def _rewrite_last(out, change) -> None:
+    ck = torch.load(out / "last.pt", weights_only=True)
+    change(ck)
+    torch.save(ck, out / "last.pt")
+
+
+@pytest.mark.parametrize("change,expect", [
+    (lambda ck: ck.pop("optimizer"), "does not fit this run (no entry 'optimizer')"),
+    (lambda ck: ck["model"].__setitem__("head.weight", torch.zeros(3, 3)), "size mismatch for head.weight"),
+    (lambda ck: ck["model"].pop("head.bias"), "Missing key(s) in state_dict: \"head.bias\""),
+    (lambda ck: ck.__setitem__("epoch", "one"), "does not fit this run"),
+    (lambda ck: ck.__setitem__("batch", 99), "epoch 1, batch 99 is not a point of this run's schedule"),
+    (lambda ck: ck.__setitem__("history", "{not json"), "does not fit this run"),
+    (lambda ck: next(iter(ck["optimizer"]["state"].values())).__setitem__("exp_avg", torch.zeros(2)),
+     "optimizer state 'exp_avg' has shape (2,)"),
+], ids=["no optimizer", "wrong shape", "missing key", "epoch not a number", "batch out of range", "history not JSON",
+        "optimizer state shape"])
+def test_checkpoint_that_loads_but_does_not_fit_says_what_to_do(finished, tmp_path, capsys, change, expect):
+    out = copy_run(finished, tmp_path / "run")
+    _rewrite_last(out, change)
+    assert main(cli(out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint {out / 'last.pt'}" in err and expect in err
+    assert "--force" in err
+
+
+def test_run_files_that_are_folders(finished, tmp_path, capsys):
+    out = copy_run(finished, tmp_path / "run")
+    (out / "last.pt").unlink()
+    (out / "last.pt").mkdir()
+    for extra in (["--resume"], ["--force"]):
+        assert main(cli(out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{out / 'last.pt'} is a folder" in err and "move it away" in err
+    assert (out / "last.pt").is_dir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        atomic_save({"a": torch.ones(1)}, out / "last.pt")
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A full disk while saving: torch's own error became a traceback; the previous file must stay."""
+    path = tmp_path / "last.pt"
+    atomic_save({"a": torch.ones(2)}, path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed\nmore lines")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"could not write .*last.pt \(the write failed: \[enforce fail .*MiB free there\); the "
+                                              r"previous last.pt is intact\. Free some space .*--resume"):
+        atomic_save({"a": torch.zeros(2)}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_disk_that_fills_up_during_training_gives_one_line(tmp_path):
+    """A real write failure: the process may write files of at most 200 kB (RLIMIT_FSIZE), last.pt is larger."""
+    import subprocess
+    import sys
+
+    code = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+            "from bgtutorial.train import main\nsys.exit(main(sys.argv[1:]))\n")
+    run = subprocess.run([sys.executable, "-c", code, *cli(tmp_path / "run")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: could not write {tmp_path / 'run' / 'last.pt'} (")
+    assert "MiB free there" in lines[0]
+    assert "no last.pt was written" in lines[0] and "--resume" in lines[0]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "history.json"]   # no temporary
+
+
+# ---------------------------------------------------------------- issue 23: histories of the wrong shape
+@pytest.mark.parametrize("history,expect", [
+    ({"config": {}, "epochs": 5}, "'epochs' is a int, not a list"),
+    ({"config": [], "epochs": []}, "'config' is a list, not an object"),
+    ({"config": {}, "epochs": [{"epoch": 1, "R@1": "high"}]}, "holds non-numbers under 'R@1'"),
+    ({"config": {}, "epochs": [[1, 2]]}, "epoch record 1 is not an object"),
+    ({"config": {}, "epochs": [], "steps": {}}, "'steps' is not a list"),
+])
+def test_history_of_the_wrong_shape_read_by_experiments(tmp_path, capsys, history, expect):
+    folder = tmp_path / "runs" / "digits-baseline-noise0-seed0"
+    folder.mkdir(parents=True)
+    (folder / "history.json").write_text(json.dumps(history))
+    assert experiments.main(["--preset", "digits", "--runs", str(tmp_path / "runs"), "--seeds", "0",
+                             "--methods", "baseline", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a bgtutorial history" in err and expect in err and "--resume" in err
+
+
+def test_the_advice_for_a_broken_history_is_true(finished, tmp_path):
+    """'delete it and train again with --resume': the history comes back from last.pt, no epoch lost."""
+    out = copy_run(finished, tmp_path / "run")
+    good = load_history(out / "history.json")
+    (out / "history.json").write_text('{"config": ')
+    with pytest.raises(CheckpointError, match=r"delete it and train again with --resume .*last.pt holds the history"):
+        load_history(out / "history.json")
+    (out / "history.json").unlink()
+    assert main(cli(out, "--resume")) == 0
+    assert load_history(out / "history.json")["epochs"] == good["epochs"]

@@ -499,3 +499,158 @@ def test_processes_started_together_extract_once(tmp_path, fake_archive):
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
     assert len(CUB200(tmp_path, "train")) == 40 and _names(tmp_path) == ["CUB_200_2011", "CUB_200_2011.tgz",
                                                                     "attributes.txt"]
+
+
+# ---------------------------------------------------------------- issue 23: never delete the user's data
+def test_hand_extracted_folder_beside_the_archive_is_used_not_deleted(tmp_path, fake_cub_root, fake_archive, capsys):
+    """The probe: CUB_200_2011/ extracted by hand (with the user's own files) and the .tgz beside it; the
+    data CLI removed the folder with rmtree, the user's files included."""
+    from bgtutorial.data.cub import main
+
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    (base / ".bgtutorial_extracted").unlink(missing_ok=True)
+    (base / "my_notes.txt").write_text("mine")
+    shutil.copy(fake_archive[0], tmp_path / "CUB_200_2011.tgz")
+    before = _snapshot(tmp_path)
+    assert download_cub(tmp_path, md5=fake_archive[1]) == base
+    assert main(["--root", str(tmp_path), "--md5", fake_archive[1]]) == 0
+    assert "CUB200(split='test', protocol='retrieval', images=40" in capsys.readouterr().out
+    assert _snapshot(tmp_path) == before                         # nothing deleted, nothing added
+
+
+@pytest.mark.parametrize("kind", ["incomplete folder", "file", "dangling link"])
+def test_something_else_in_the_way_is_left_alone_with_what_to_move(tmp_path, fake_archive, capsys, kind):
+    from bgtutorial.data.cub import main
+
+    base = tmp_path / CUB_FOLDER
+    if kind == "incomplete folder":
+        base.mkdir()
+        (base / "images.txt").write_text("1 a/b.jpg\n")
+        (base / "my_notes.txt").write_text("mine")
+    elif kind == "file":
+        base.write_text("mine")
+    else:
+        base.symlink_to(tmp_path / "elsewhere")
+    shutil.copy(fake_archive[0], tmp_path / "CUB_200_2011.tgz")
+    before = _snapshot(tmp_path)
+    assert main(["--root", str(tmp_path), "--md5", fake_archive[1]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not extracted by bgtutorial; it is left as it is" in err
+    assert f"mv {base} {base}.mine" in err and "CUB_200_2011.tgz can be extracted there" in err
+    assert _snapshot(tmp_path) == before and (base.is_symlink() or base.exists())
+
+
+@pytest.mark.parametrize("name", ["../../../outside/x.jpg", "/etc/hostname", "001.A/../../../x.jpg", "C:/x.jpg",
+                                  "001.A\\..\\..\\x.jpg"])
+def test_images_txt_may_not_leave_the_images_folder(tmp_path, fake_cub_root, name):
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.jpg").write_bytes((base / "images.txt").read_bytes())
+    lines = (base / "images.txt").read_text().splitlines()
+    lines[0] = f"1 {name}"
+    (base / "images.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CUBDataError, match=r"images.txt, image 1: the path .* leaves .*images/"):
+        CUB200(tmp_path, "train")
+
+
+@pytest.mark.parametrize("line,expect", [
+    (b"\xff\xfe 2", r"line 2: bytes that are not UTF-8 text"),
+    ("\u00b2 001.A/x.jpg".encode(), r"line 2: expected 2 fields starting with an integer id"),
+    (b"1 001.A/again.jpg", r"line 2: id 1 again \(first on line 1\)"),
+])
+def test_images_txt_bytes_ids_and_duplicates(tmp_path, fake_cub_root, line, expect):
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    lines = (base / "images.txt").read_bytes().splitlines()
+    lines[1] = line
+    (base / "images.txt").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(CUBDataError, match=r"images.txt, " + expect):
+        CUB200(tmp_path, "train")
+
+
+def test_labels_that_are_not_integers(tmp_path, fake_cub_root):
+    base = _copy_extracted(fake_cub_root, tmp_path)
+    lines = (base / "image_class_labels.txt").read_text().splitlines()
+    lines[0] = "1 three"
+    (base / "image_class_labels.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CUBDataError, match=r"image_class_labels.txt, line 1: expected 2 integers"):
+        CUB200(tmp_path, "train")
+
+
+# ---------------------------------------------------------------- issue 23: bounded extraction, a full disk
+def test_an_archive_that_expands_far_beyond_its_size_is_refused(tmp_path):
+    """The probe: a 392 KB archive expanded to 300 MB. The official one expands to little more than its size."""
+    root = tmp_path / "data"
+    _archive(root, _member("CUB_200_2011/images/zeros.jpg", data=bytes(20_000_000)))
+    assert (root / "CUB_200_2011.tgz").stat().st_size < 100_000
+    before = _snapshot(tmp_path)
+    with pytest.raises(CUBDataError, match=r"CUB_200_2011.tgz \(\d+ KiB\) expands to more than \d+ KiB \(at "
+                                           r"'CUB_200_2011/images/zeros.jpg'\); the official archive .*delete it"):
+        download_cub(root, md5=None)
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_archive_with_too_many_members_is_refused(tmp_path, monkeypatch):
+    from bgtutorial.data import cub
+
+    monkeypatch.setattr(cub, "MAX_MEMBERS", 5)
+    root = tmp_path / "data"
+    _archive(root, *(_member(f"CUB_200_2011/images/{i}.jpg", data=b"x") for i in range(10)))
+    with pytest.raises(CUBDataError, match="expands to more than 5 members"):
+        download_cub(root, md5=None)
+    assert _names(root) == ["CUB_200_2011.tgz"]
+
+
+def test_a_full_disk_during_extraction_is_not_called_a_truncated_archive(tmp_path, fake_archive):
+    """A real write failure: the child may write files of at most 2 kB (RLIMIT_FSIZE); the JPEGs are larger."""
+    shutil.copy(fake_archive[0], tmp_path / "CUB_200_2011.tgz")
+    code = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, 2_000))\n"
+            "from bgtutorial.data.cub import main\nsys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path), "--md5", fake_archive[1]],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: no room to extract {tmp_path / 'CUB_200_2011.tgz'} into {tmp_path} (")
+    assert "truncated" not in done.stderr and "nothing was left behind" in done.stderr
+    assert _names(tmp_path) == ["CUB_200_2011.tgz"]
+
+
+# ---------------------------------------------------------------- issue 23: images that are not what they say
+def _png_bomb() -> bytes:
+    """A valid 1x1 PNG whose header claims 100,000 x 100,000 pixels (CRC fixed): PIL refuses it on open."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8                                         # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = struct.pack(">II", 100_000, 100_000)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
+
+
+def test_a_png_bomb_named_jpg_is_refused_in_one_line(tmp_path, fake_cub_root):
+    _copy_extracted(fake_cub_root, tmp_path)
+    ds = CUB200(tmp_path, "test")
+    ds.samples[0][0].write_bytes(_png_bomb())
+    with pytest.raises(CUBDataError, match=r"is refused as a decompression bomb \(Image size \(10000000000 pixels\)"):
+        ds[0]
+
+
+def test_a_bad_jpeg_in_a_loader_worker_gives_one_line(tmp_path, capsys):
+    """num_workers > 0: the worker's error came back with its 30-line traceback inside the message."""
+    from bgtutorial.train import build_splits, load_config, main
+
+    args = dict(out=str(tmp_path / "run"), data_root=str(tmp_path / "data"), epochs=1, num_workers=1,
+                eval_nmi=False, progress=False)
+    train_ds, _, _ = build_splits(load_config("smoke", **args))      # builds the synthetic archive once
+    for path, _ in train_ds.samples:                                  # every training image: the first batch fails
+        path.write_bytes(b"not a jpeg")
+    argv = ["--preset", "smoke"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot read image {train_ds.base / 'images'}/")
+    assert "the file is corrupt: extract again" in err
+    assert "Traceback" not in err and "worker" not in err

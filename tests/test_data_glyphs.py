@@ -11,6 +11,7 @@ import torch
 from bgtutorial.data import glyphs as G
 from bgtutorial.data import GlyphsRetrieval
 from bgtutorial.metrics import recall_at_k
+from bgtutorial.utils import UserError
 
 FACE = {f.name: f for f in G.FACES}
 
@@ -254,3 +255,19 @@ def test_glyphs_is_the_default_preset_and_trains_end_to_end(tmp_path, small_root
     assert len(h["epochs"]) == 2 and 0.0 <= h["epochs"][-1]["R@1"] <= 1.0
     with pytest.raises(ValueError, match="glyph_per_class"):
         load_config("glyphs", glyph_per_class=1)
+
+
+def test_a_truncated_cache_is_rendered_again(tmp_path):
+    """Issue 23: a truncated data/glyphs-*/glyphs.pt gave a torch traceback on every run, never re-rendered."""
+    path = G.build_glyphs(tmp_path, num_classes=6, per_class=3, progress=False)
+    good = GlyphsRetrieval("train", per_class=3, num_classes=6, root=tmp_path, progress=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=r"glyphs.pt could not be read .*rendering it again"):
+        again = GlyphsRetrieval("train", per_class=3, num_classes=6, root=tmp_path, progress=False)
+    assert torch.equal(again.images, good.images) and again.targets == good.targets
+    (path.parent / "mine.txt").write_text("not the cache's")             # a folder holding other files: say so
+    path.write_bytes(b"")
+    with pytest.warns(UserWarning), pytest.raises(UserError, match=r"holds files that are not the glyph cache's"):
+        GlyphsRetrieval("train", per_class=3, num_classes=6, root=tmp_path, progress=False)
+    assert (path.parent / "mine.txt").read_text() == "not the cache's"

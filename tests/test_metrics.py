@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bgtutorial.metrics import knn, map_at_r, nmi, recall_at_k, retrieval_metrics
+from bgtutorial.metrics import knn, map_at_r, nmi, prepare_embeddings, recall_at_k, retrieval_metrics
 
 
 def brute_recall(x, y, ks):
@@ -172,12 +172,70 @@ def test_recall_needs_k_of_at_least_one(data, ks):
 
 def test_knn_equals_the_whole_distance_matrix_formula():
     # knn's chunks, in-place norms and diagonal mask give bit for bit the indices of the plain
-    # formula |q|² - 2 q·x + |x|² on the whole (N, N) matrix, the query masked with +inf
+    # formula |q|² - 2 q·x + |x|² on the whole (N, N) matrix of the prepared embeddings, the
+    # query masked with +inf
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(300, 32, generator=g)
+    x = prepare_embeddings(torch.randn(300, 32, generator=g) + 3.0)
     sq = (x * x).sum(1)
     dist = sq[:, None] - 2 * x @ x.T + sq[None, :]
     dist.fill_diagonal_(float("inf"))
     ref = dist.topk(10, dim=1, largest=False).indices
     for chunk in (64, 300, 1024):
         assert torch.equal(knn(x, 10, chunk_size=chunk), ref)
+
+
+def test_recall_counts_a_miss_as_a_miss_when_k_reaches_n():
+    """The probe of issue 23: with K >= N every other sample is retrieved, and a query whose class has
+    no other sample was counted as a hit (R@8 = 1.0 on three samples; the right value is 2/3)."""
+    x, y = torch.tensor([[0.0], [1.0], [5.0]]), torch.tensor([0, 0, 1])
+    assert recall_at_k(x, y, ks=(1, 8)) == {1: pytest.approx(2 / 3), 8: pytest.approx(2 / 3)}
+    g = torch.Generator().manual_seed(0)
+    x6, y6 = torch.randn(6, 4, generator=g), torch.tensor([0, 0, 1, 1, 2, 3])   # two lone queries
+    ours = retrieval_metrics(x6, y6, ks=(1, 2, 4, 8, 16), with_nmi=False)
+    ref = brute_recall(x6, y6.tolist(), (1, 2, 4, 8, 16))
+    assert [ours[f"R@{k}"] for k in ref] == pytest.approx(list(ref.values()))
+    assert ours["R@8"] == ours["R@16"] == pytest.approx(4 / 6)
+    nn = knn(x6, 5)                                                  # neighbours passed in: the same rule
+    assert recall_at_k(x6, y6, ks=(8,), neighbours=nn)[8] == pytest.approx(4 / 6)
+
+
+def _brute_recall64(x, y, ks):
+    """Recall@K from float64 differences (no |q|² - 2 q·x + |x|² expansion), for huge values."""
+    x = x.double()
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)              # (N, N)
+    d.fill_diagonal_(float("inf"))
+    order = d.argsort(dim=1, stable=True)
+    hit = y[order[:, :-1]] == y[:, None]
+    return {k: float(hit[:, :k].any(1).double().mean()) for k in ks}
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_huge_or_tiny_finite_embeddings_give_the_true_recall(data, scale):
+    """The probe of issue 23: a column of 1e20 overflowed float32's squared norms, every distance became
+    NaN and every Recall@K 1.0 (the true values are those without the column, which adds the same to
+    every coordinate). Tiny embeddings (1e-30) had squares that vanish in float32."""
+    x, y = data
+    ks = (1, 2, 4, 8)
+    truth = recall_at_k(x, y, ks=ks)
+    assert truth[1] < 0.9                                            # far from the fake perfect score
+    column = torch.cat([x, torch.full((len(x), 1), 1e20)], dim=1)   # (N, D+1): a constant column of 1e20
+    assert recall_at_k(column, y, ks=ks) == truth
+    assert retrieval_metrics(column, y, ks=ks, with_nmi=False) == retrieval_metrics(x, y, ks=ks, with_nmi=False)
+    assert recall_at_k(x * scale, y, ks=ks) == truth                 # a power-of-ten scale: the same order
+    assert recall_at_k(x.double() * 1e300, y, ks=ks) == truth        # float64 beyond float32's range
+    spread = x.clone()
+    spread[:, 0] *= 1e20                                             # one column dominates every distance
+    assert recall_at_k(spread, y, ks=ks) == pytest.approx(_brute_recall64(spread, y, ks))
+    assert recall_at_k(column, y, ks=ks, metric="cosine") == pytest.approx(_brute_recall64(
+        torch.nn.functional.normalize(column.double(), dim=1), y, ks))
+    assert 0.0 <= nmi(column, y) <= 1.0                             # k-means on finite, centred data
+
+
+def test_prepare_embeddings_keeps_the_distances_order(data):
+    x, _ = data
+    z = prepare_embeddings(x * 1e20 + 5e20)
+    assert z.dtype == torch.float32 and torch.isfinite(z).all() and 1.0 <= float(z.abs().max()) < 2.0
+    assert z.mean(0).abs().max() < 1e-6                             # centred
+    assert torch.equal(knn(x * 1e20 + 5e20, 5), knn(x, 5))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        prepare_embeddings(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))

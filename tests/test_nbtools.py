@@ -113,3 +113,43 @@ def test_export_figure_writes_the_tagged_cells_png(tmp_path):
         nbtools.export_figure(path, "other", tmp_path / "y.png")
     with pytest.raises(ValueError, match="1 PNG"):
         nbtools.export_figure(path, "readme-figure", tmp_path / "y.png", index=1)
+
+
+def test_cli_says_which_files_are_not_notebooks_and_checks_the_others(tmp_path, capsys):
+    """Issue 23: a non-notebook or bad JSON gave a traceback and exit 1 (the code of "stale found"), and the
+    files after it went unchecked."""
+    good = tmp_path / "good.ipynb"
+    nb = _nb("print(1)")
+    nb.cells[1].outputs = [new_output("stream", name="stdout", text="1\n")]
+    nb.cells[1].metadata[nbtools.META_KEY] = {"source_sha256": nbtools.source_hash(nb.cells[1].source)}
+    nbformat.write(nb, good)
+    files = {"text.ipynb": b"hello\n", "list.ipynb": b"[1, 2]\n", "bytes.ipynb": b"\xff\xfe{", "half.ipynb": b'{"cells": ['}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / name) for name in files] + [str(good)]
+    for cmd in ("check", "strip"):
+        assert nbtools._main([cmd, *paths]) == 2
+        out, err = capsys.readouterr()
+        assert err.count("\n") == len(files) and all(line.startswith("error: ") and "pass .ipynb files only" in line
+                                                     for line in err.splitlines())
+        assert str(good) in out                                      # the good notebook was still handled
+
+
+@pytest.mark.parametrize("value,smoke", [("1", True), ("true", True), ("YES", True), (" on ", True), ("0", False),
+                                         ("false", False), ("off", False), ("", False), (None, False)])
+def test_smoke_mode_is_the_one_parser_of_bgt_smoke(monkeypatch, value, smoke):
+    from bgtutorial.utils import smoke_mode
+
+    if value is None:
+        monkeypatch.delenv("BGT_SMOKE", raising=False)
+    else:
+        monkeypatch.setenv("BGT_SMOKE", value)
+    assert smoke_mode() is smoke
+
+
+def test_smoke_mode_refuses_what_it_cannot_read(monkeypatch):
+    from bgtutorial.utils import smoke_mode
+
+    monkeypatch.setenv("BGT_SMOKE", "smoke")
+    with pytest.raises(ValueError, match=r"BGT_SMOKE='smoke' is neither on .* set BGT_SMOKE=1"):
+        smoke_mode()

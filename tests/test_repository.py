@@ -38,3 +38,18 @@ def test_readme_images_exist():
     assert images, "the README shows the notebooks' results"
     missing = [p for p in images if not p.startswith("http") and not (root / p).is_file()]
     assert not missing, f"README images missing: {missing} (python -m bgtutorial.nbtools figure ...)"
+
+
+def test_make_lab_starts_as_root_too():
+    """Issue 23: as root (Docker, cloud GPU boxes) Jupyter refuses to start without --allow-root."""
+    import os
+    import shutil
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    out = subprocess.run(["make", "-s", "-n", "-o", ".venv/.installed", "lab"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "-m jupyter lab notebooks" in out
+    assert ("--allow-root" in out) == (os.geteuid() == 0)

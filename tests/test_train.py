@@ -237,3 +237,29 @@ def test_cub_vits_preset_path_runs_on_synthetic_archive(tmp_path):
     step = h["steps"][0]                         # the preset's 0.01 / 0.99 weighting of the halves
     assert step["loss"] == pytest.approx(0.01 * step["loss_plain"] + 0.99 * step["loss_module"], rel=1e-5)
     assert 0 <= h["epochs"][0]["R@1"] <= 1
+
+
+def test_ctrl_c_says_where_the_run_stands_and_how_to_resume(tmp_path):
+    """Issue 23, item 8: Ctrl-C printed a KeyboardInterrupt traceback."""
+    import shlex
+
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(out) + ["--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (out / "last.pt").is_file():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted: {out / 'last.pt'} holds the run ")
+    assert " of 3 epochs" in lines[0] or " of 3, after " in lines[0]
+    command = shlex.split(lines[0].split("continue it with: ", 1)[1])
+    assert command[:3] == ["python", "-m", "bgtutorial.train"] and command[-1] == "--resume" and "--force" not in command
+    done = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "resumed from" in done.stderr, done.stderr
+    assert len(json.loads((out / "history.json").read_text())["epochs"]) == 3
+    assert not (out / ".lock").exists()

@@ -10,14 +10,19 @@ Safety: the archive is downloaded to ``CUB_200_2011.tgz.part`` and renamed only 
 MD5 matches; extraction accepts only what the official archive holds (regular files and
 folders under ``CUB_200_2011/``, plus ``attributes.txt`` beside it), runs through the
 standard library's ``data`` extraction filter (no links, no devices, no set-uid bits, nothing
-outside the folder) into a temporary folder, and moves the result into place at the end.
+outside the folder) into a temporary folder, and moves the result into place at the end. The
+extraction is bounded by the official archive's figures (:data:`MAX_MEMBERS` members,
+:data:`MAX_EXPANDED_BYTES` in all, at most :data:`MAX_EXPANSION` times the archive's size), so a
+small crafted archive cannot fill the disk. A ``CUB_200_2011/`` folder the code did not extract
+(one extracted by hand) is used as it is, never deleted; ``images.txt`` may only name files
+under ``CUB_200_2011/images/``.
 
 ``python -m bgtutorial.data.cub --root data [--url URL] [--md5 MD5|none]``
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -27,7 +32,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +43,7 @@ from torchvision import transforms as T
 from torchvision.datasets.utils import download_url
 from tqdm.auto import tqdm
 
-from ..utils import UserError
+from ..utils import CLI_ERRORS, UserError, error_line, exclusive_lock
 
 __all__ = [
     "CUB_URL", "CUB_MD5", "CUB_ARCHIVE", "CUB_FOLDER", "METADATA_FILES", "CUBDataError",
@@ -60,6 +65,16 @@ METADATA_FILES = {
     "bounding_boxes.txt": 5,       # image_id x y width height
 }
 _DONE_MARKER = ".bgtutorial_extracted"
+#: bounds on what an archive may expand to, from the official archive's figures: it holds about 12,000
+#: members (11,788 images in 200 folders, a dozen metadata files) and expands to about 1.2 GB, little
+#: more than its own 1.1 GB (JPEGs do not compress); the bounds leave room above each figure
+MAX_MEMBERS = 15_000
+MAX_EXPANDED_BYTES = 2 * 2**30
+MAX_EXPANSION = 8.0
+#: the metadata files whose every field is an integer (the others hold a path, a name or coordinates)
+_INTEGER_FILES = ("image_class_labels.txt", "train_test_split.txt")
+#: errors of a write that ran out of room (no space, a quota, a file-size limit)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -123,13 +138,44 @@ def _refuse(archive: Path, name: str, reason: str) -> CUBDataError:
         f"folders under {CUB_FOLDER}/ and {', '.join(CUB_TOP_LEVEL_FILES)}. Delete {archive} and download it again.")
 
 
+def _free(folder: Path) -> str:
+    """The free space of the disk holding ``folder``, for messages ("812 MiB free")."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
+    except OSError:
+        return "free space unknown"
+
+
+def _check_bounds(archive: Path, member: tarfile.TarInfo, count: int, expanded: int) -> None:
+    """Refuse the archive once its members exceed the official archive's figures (a decompression bomb)."""
+    size = archive.stat().st_size
+    limit = min(MAX_EXPANDED_BYTES, MAX_EXPANSION * max(size, 1))
+    if count > MAX_MEMBERS or expanded > limit:
+        what = (f"more than {MAX_MEMBERS:,} members" if count > MAX_MEMBERS else
+                f"more than {_size(limit)} (at {member.name!r})")
+        raise CUBDataError(
+            f"{archive} ({_size(size)}) expands to {what}; the official archive holds about 12,000 members and "
+            "expands to about 1.2 GB, little more than its own size. It is not the official archive: delete it and "
+            "download it again.")
+
+
+def _size(nbytes: float) -> str:
+    """A byte count for messages: "390 KiB", "1.2 GiB"."""
+    for unit in ("bytes", "KiB", "MiB"):
+        if nbytes < 1024:
+            return f"{nbytes:.0f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
+
+
 def _extract(archive: Path, root: Path) -> Path:
     """Extract the CUB archive into ``root`` safely; return ``root/CUB_200_2011``.
 
-    Each member is checked (:func:`_refusal`, duplicates refused) and extracted through
-    :func:`_cub_filter` into a fresh temporary folder inside ``root``; only when the whole
-    archive went through is ``CUB_200_2011/`` (with our marker) moved into place, so a refused
-    or truncated archive leaves nothing behind.
+    Each member is checked (:func:`_refusal`, duplicates refused, the bounds of :func:`_check_bounds`)
+    and extracted through :func:`_cub_filter` into a fresh temporary folder inside ``root``; only
+    when the whole archive went through is ``CUB_200_2011/`` (with our marker) moved into place, so
+    a refused or truncated archive, or a full disk, leaves nothing behind. ``root/CUB_200_2011``
+    must not exist (:func:`download_cub` checks): nothing of the user's is replaced.
     """
     base = root / CUB_FOLDER
     tmp = Path(tempfile.mkdtemp(prefix=f".{CUB_FOLDER}.extracting-", dir=root))
@@ -137,6 +183,7 @@ def _extract(archive: Path, root: Path) -> Path:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 seen: set[str] = set()
+                expanded = 0
                 for member in tar:   # one pass: headers are read as we go, a truncated file fails here
                     reason = _refusal(member)
                     if reason is None and member.name.rstrip("/") in seen:
@@ -144,11 +191,22 @@ def _extract(archive: Path, root: Path) -> Path:
                     if reason is not None:
                         raise _refuse(archive, member.name, reason)
                     seen.add(member.name.rstrip("/"))
+                    expanded += member.size
+                    _check_bounds(archive, member, len(seen), expanded)
                     try:
                         tar.extract(member, tmp, filter=_cub_filter)
                     except tarfile.FilterError as err:     # the standard filter's own refusal
                         raise _refuse(archive, member.name, str(err)) from err
-        except (tarfile.TarError, EOFError, OSError) as err:
+        except OSError as err:
+            if err.errno not in _FULL:
+                raise CUBDataError(
+                    f"{archive} is truncated or corrupt ({type(err).__name__}: {err}). "
+                    "Delete it and download again (download_cub(root) or CUB200(root, download=True)).") from err
+            raise CUBDataError(
+                f"no room to extract {archive} into {root} ({err.strerror}; {_free(root)} there, and CUB-200-2011 "
+                "needs about 1.2 GB): free some space or choose a data folder on another disk (--root / "
+                "--data_root), then run again; nothing was left behind.") from None
+        except (tarfile.TarError, EOFError) as err:
             raise CUBDataError(
                 f"{archive} is truncated or corrupt ({type(err).__name__}: {err}). "
                 "Delete it and download again (download_cub(root) or CUB200(root, download=True)).") from err
@@ -156,12 +214,10 @@ def _extract(archive: Path, root: Path) -> Path:
             raise CUBDataError(f"{archive} did not contain the folder {CUB_FOLDER}/; it is not the official archive. "
                                "Delete it and download it again.")
         (tmp / CUB_FOLDER / _DONE_MARKER).write_text("ok\n")
-        if base.is_symlink() or base.is_file():
-            base.unlink()
-        elif base.exists():              # an earlier, unfinished extraction of ours: replace it
-            shutil.rmtree(base)
+        if base.exists() or base.is_symlink():    # appeared meanwhile: never replace what we did not write
+            raise _not_ours(base, archive)
         for name in CUB_TOP_LEVEL_FILES:
-            if (tmp / name).is_file():
+            if (tmp / name).is_file() and not (root / name).exists():
                 os.replace(tmp / name, root / name)
         os.replace(tmp / CUB_FOLDER, base)
     finally:
@@ -169,8 +225,21 @@ def _extract(archive: Path, root: Path) -> Path:
     return base
 
 
+def _not_ours(base: Path, archive: Path, missing: Sequence[str] = ()) -> CUBDataError:
+    """The error for a ``CUB_200_2011`` that the code did not extract and cannot use: say what to move."""
+    what = ("a symbolic link" if base.is_symlink() else "a file" if base.is_file() else
+            f"a folder without {', '.join(missing)}" if missing else "a folder")
+    return CUBDataError(
+        f"{base} is {what}, not extracted by bgtutorial; it is left as it is. Move it away (mv {base} "
+        f"{base}.mine) so that {archive} can be extracted there, or complete it (the official archive's "
+        f"{', '.join(METADATA_FILES)} and images/).")
+
+
 def _writable_root(root: Path) -> Path:
     """Create ``root`` if needed and check that files can be written in it; clear errors otherwise."""
+    if root.exists() and not root.is_dir():
+        raise CUBDataError(f"the data folder {root} is a file, not a folder: choose another data folder "
+                           "(--root / --data_root)")
     if root.is_symlink() and not root.exists():
         raise CUBDataError(f"the data folder {root} is a symbolic link to {os.readlink(root)}, which does not "
                            "exist: mount that disk or create the folder, or choose another data folder")
@@ -214,28 +283,13 @@ def _fetch(url: str, archive: Path, md5: str | None) -> None:
         part.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``root/.CUB_200_2011.lock`` (POSIX), so that processes started
-    together (torchrun ranks) download and extract once; the lock dies with its process."""
-    try:
-        import fcntl
-    except ImportError:           # Windows: no advisory locks, one process at a time is up to the user
-        yield
-        return
-    with open(root / f".{CUB_FOLDER}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5) -> Path:
     """Fetch, verify and extract ``CUB_200_2011.tgz`` into ``root``; return ``root/CUB_200_2011``.
 
-    Idempotent: an extracted copy is reused (ours, or one extracted by hand when no archive
-    lies beside it), an archive already in ``root`` with the right MD5 is not downloaded again.
+    Idempotent: an extracted copy is reused, ours or one extracted by hand (with or without the
+    archive beside it: a folder the code did not write is never deleted; one that lacks the
+    metadata files raises :class:`CUBDataError` saying what to move), and an archive already in
+    ``root`` with the right MD5 is not downloaded again.
     The download shows a tqdm progress bar (torchvision's ``download_url``), goes to a ``.part``
     file and is renamed only after its MD5 matches. ``md5=None`` skips the checksum (for
     archives you built yourself). Extraction is safe (see the module docstring). ``root`` may
@@ -244,10 +298,13 @@ def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5
     root = Path(root).expanduser()
     base = root / CUB_FOLDER
     archive = root / CUB_ARCHIVE
-    if (base / _DONE_MARKER).exists() or ((base / "images.txt").is_file() and not archive.exists()):
+    if (base / _DONE_MARKER).exists():
         return base
+    if base.exists() or base.is_symlink():       # extracted by hand (not by us): use it, never delete it
+        return _hand_extracted(base, archive)
     _writable_root(root)
-    with _locked(root):
+    # processes started together (torchrun's ranks) download and extract once: the others wait here
+    with exclusive_lock(root / f".{CUB_FOLDER}.lock", wait=True):
         if (base / _DONE_MARKER).exists():    # another process finished while we waited for the lock
             return base
         if not archive.exists():
@@ -259,25 +316,58 @@ def download_cub(root: str | Path, url: str = CUB_URL, md5: str | None = CUB_MD5
         return _extract(archive, root)
 
 
+def _hand_extracted(base: Path, archive: Path) -> Path:
+    """``base``, a ``CUB_200_2011`` the code did not extract, when it holds the metadata files (the
+    images are checked by :class:`CUB200`); otherwise :class:`CUBDataError` saying what to move."""
+    missing = [name for name in METADATA_FILES if not (base / name).is_file()] if base.is_dir() else []
+    if base.is_dir() and not missing:
+        return base
+    raise _not_ours(base, archive, missing)
+
+
 def _read_table(path: Path, fields: int) -> dict[int, list[str]]:
-    """Parse one metadata file (``id field ...`` per line) into ``{id: [fields]}``."""
+    """Parse one metadata file (``id field ...`` per line, ids decimal and unique) into ``{id: [fields]}``;
+    in the files of :data:`_INTEGER_FILES` every field is a decimal integer."""
     if not path.is_file():
         raise CUBDataError(
-            f"metadata file {path} is missing. The CUB-200-2011 folder is incomplete: delete "
-            f"{path.parent} and extract the archive again (download_cub).")
+            f"metadata file {path} is missing. The CUB-200-2011 folder is incomplete: move "
+            f"{path.parent} away and extract the archive again (download_cub).")
+    fix = "The file is malformed: extract the official archive again."
     table: dict[int, list[str]] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    where: dict[int, int] = {}
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CUBDataError(f"{path}, line {lineno}: bytes that are not UTF-8 text ({raw[:40]!r}). {fix}") from None
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != fields or not parts[0].isdigit():
+        numbers = parts if path.name in _INTEGER_FILES else parts[:1]
+        if len(parts) != fields or not all(p.isascii() and p.isdigit() for p in numbers):
+            kind = "integers" if path.name in _INTEGER_FILES else "fields starting with an integer id"
             raise CUBDataError(
-                f"{path}, line {lineno}: expected {fields} fields starting with an integer id, got {line!r}. "
-                "The file is malformed: extract the official archive again.")
-        table[int(parts[0])] = parts[1:]
+                f"{path}, line {lineno}: expected {fields} {kind}, got {line!r}. {fix}")
+        image_id = int(parts[0])
+        if image_id in table:
+            raise CUBDataError(f"{path}, line {lineno}: id {image_id} again (first on line {where[image_id]}); "
+                               f"each id must appear once. {fix}")
+        table[image_id], where[image_id] = parts[1:], lineno
     if not table:
         raise CUBDataError(f"metadata file {path} is empty; extract the official archive again.")
     return table
+
+
+def _image_path(base: Path, name: str, image_id: int) -> Path:
+    """``base/images/name`` for an ``images.txt`` entry, refused when ``name`` leaves ``images/``
+    (an absolute path, ``..``, a drive or a backslash)."""
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or name[1:2] == ":" or any(p in ("", ".", "..") for p in parts):
+        raise CUBDataError(f"{base / 'images.txt'}, image {image_id}: the path {name!r} leaves "
+                           f"{base / 'images'}/ (each must be a relative path inside it, like "
+                           "001.Black_footed_Albatross/Black_Footed_Albatross_0001_796111.jpg); "
+                           "extract the official archive again.")
+    return base / "images" / name
 
 
 def train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0), interpolation: str = "bilinear",
@@ -374,10 +464,11 @@ class CUB200(Dataset):
         self.class_ids = keep_classes
         self.classes = [classes[c][0] for c in keep_classes]
         self.samples: list[tuple[Path, int]] = []
+        paths = {image_id: _image_path(base, images[image_id][0], image_id) for image_id in images}
         for image_id in sorted(images):
             cls = int(labels[image_id][0])
             if keep(image_id, cls):
-                self.samples.append((base / "images" / images[image_id][0], to_label[cls]))
+                self.samples.append((paths[image_id], to_label[cls]))
         if not self.samples:
             raise CUBDataError(f"{base / 'images.txt'} lists no image of the {split} split ({protocol} protocol); "
                                "the metadata is incomplete: extract the official archive again.")
@@ -402,6 +493,10 @@ class CUB200(Dataset):
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
+        except Image.DecompressionBombError as err:     # a header claiming more pixels than PIL's limit
+            raise CUBDataError(f"image {path} is refused as a decompression bomb ({str(err).rstrip('.')}); CUB's "
+                               "photographs are at most 500 px wide: replace it with the official file (extract the "
+                               "archive again).") from None
         except (UnidentifiedImageError, OSError) as err:
             raise CUBDataError(f"cannot read image {path} ({err}); the file is corrupt: extract again.") from err
 
@@ -494,9 +589,13 @@ def main(argv: list[str] | None = None) -> int:
         print(download_cub(args.root, url=args.url, md5=md5))
         for s in ("train", "test"):
             print(CUB200(args.root, split=s))
-    except (CUBDataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except CLI_ERRORS as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-done was kept (a partial download or extraction is removed); run the "
+              "same command again", file=sys.stderr)
+        return 130
     return 0
 
 

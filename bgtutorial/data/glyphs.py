@@ -41,10 +41,13 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import time
 import unicodedata
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -56,7 +59,7 @@ from einops import rearrange, repeat
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..utils import bars_disabled
+from ..utils import UserError, bars_disabled
 
 __all__ = ["GlyphsRetrieval", "FACES", "SCRIPTS", "Face", "candidate_characters", "glyph_code", "faces_of",
            "reference_masks", "near_ink", "lookalike_distances", "lookalike_matrix", "dedupe", "select_classes", "split_classes", "render_class",
@@ -601,6 +604,28 @@ def build_glyphs(root: str | Path = "data", num_classes: int | None = None, per_
     return path
 
 
+def _load_rendered(root: str | Path, num_classes: int | None, per_class: int, seed: int, canvas: int,
+                   progress: bool) -> dict:
+    """The rendered set of :func:`build_glyphs`, loaded; a cached ``glyphs.pt`` that cannot be read
+    (truncated by a full disk or a killed copy, or not ours) is rendered again, with a warning."""
+    path = build_glyphs(root, num_classes, per_class, seed, canvas, progress)
+    try:
+        data = torch.load(path, weights_only=True)
+        if not {"images", "labels", "faces", "meta"} <= set(data):
+            raise KeyError("images, labels, faces, meta")
+        return data
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, TypeError) as err:
+        warnings.warn(f"{path} could not be read ({type(err).__name__}); rendering it again", stacklevel=3)
+    for name in ("glyphs.pt", "meta.json"):       # the cache folder is ours (named by the render's hash)
+        (path.parent / name).unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError as err:
+        raise UserError(f"{path.parent} holds files that are not the glyph cache's; move them away so that it can "
+                        f"be rendered again ({err.strerror})") from None
+    return torch.load(build_glyphs(root, num_classes, per_class, seed, canvas, progress), weights_only=True)
+
+
 class GlyphsRetrieval(Dataset):
     """Rendered glyphs for zero-shot retrieval: 3×canvas×canvas tensors in [0, 1], CUB-200's protocol.
 
@@ -621,7 +646,7 @@ class GlyphsRetrieval(Dataset):
                  root: str | Path = "data", progress: bool = True) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        data = torch.load(build_glyphs(root, num_classes, per_class, seed, canvas, progress), weights_only=True)
+        data = _load_rendered(root, num_classes, per_class, seed, canvas, progress)
         meta = data["meta"]
         names = meta["train_classes"] if split == "train" else meta["test_classes"]
         new_label = {meta["classes"].index(c): i for i, c in enumerate(names)}
