@@ -46,38 +46,45 @@ def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 
 
 def _power_of_two_scale(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (float64) divided by the power of two that brings its largest |entry| into [1, 2) (exact)."""
-    top = float(x.abs().max())
+    """``x`` divided by the power of two that brings its largest |entry| into [1, 2): exact in binary
+    floating point (only entries that underflow change). Float32 or float64, kept as given."""
+    lo, hi = torch.aminmax(x)
+    top = max(-float(lo), float(hi))
     if top == 0.0:
         return x
     shift = 1 - math.frexp(top)[1]                                   # top * 2**shift in [1, 2)
+    if shift == 0:
+        return x
     half = shift // 2                                                # two factors: 2**shift alone may overflow
     return x * 2.0 ** half * 2.0 ** (shift - half)
 
 
 @torch.no_grad()
 def prepare_embeddings(embeddings: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
-    """The float32 embeddings (N, D) that :func:`knn` compares: same neighbours, no overflow.
+    """The float32 embeddings (N, D) that :func:`knn` compares: the same neighbours, no overflow.
 
-    In float64: divided by a power of two so that the largest |entry| lies in [1, 2) (exact),
-    L2-normalised per row for ``metric="cosine"``, centred (the column means subtracted: distances
-    do not move) and scaled by a power of two again; then float32. The squared norms of the
-    search, ``|x|²`` (N,), are then at most 4·D, so finite embeddings give finite distances (a
-    column of 1e20 would overflow float32's squares to inf, and ``inf - inf`` is NaN), and a
-    large common offset no longer swamps the differences between samples. Non-finite input raises
-    ``ValueError`` (:func:`knn`'s message).
+    Divided by a power of two so that the largest |entry| lies in [1, 2) (exact; float64 input is
+    scaled before it becomes float32, so values beyond float32's range survive), L2-normalised per
+    row for ``metric="cosine"``, centred (the column means, accumulated in float64, subtracted:
+    distances do not move, and a constant column goes exactly to 0) and scaled by a power of two
+    again. The squared norms of the search, ``|x|²`` (N,), are then at most 4·D, so finite
+    embeddings give finite distances (a column of 1e20 would overflow float32's squares to inf,
+    and ``inf - inf`` is NaN), and a large common offset no longer swamps the differences between
+    samples. About 0.1 s for 12,000 x 512 on a CPU. Non-finite input raises ``ValueError``.
     """
     x = torch.as_tensor(embeddings)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(x.shape)}")
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if x.dtype != torch.float64:
+        x = x.float()                                                # ints, halves: float32 (halves exactly)
     _check_finite(x)
-    x = _power_of_two_scale(x.double())                              # (N, D) float64, max |x| in [1, 2)
+    x = _power_of_two_scale(x).float()                               # (N, D) float32, max |x| in [1, 2)
     if metric == "cosine":
         x = torch.nn.functional.normalize(x, dim=1)
-    x = x - x.mean(dim=0, keepdim=True)                              # (N, D) centred: distances unchanged
-    return _power_of_two_scale(x).float()
+    mean = x.sum(dim=0, dtype=torch.float64) / x.shape[0]            # (D,) accumulated in float64
+    return _power_of_two_scale(x - mean.float())                     # (N, D) centred: distances unchanged
 
 
 @torch.no_grad()

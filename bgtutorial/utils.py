@@ -9,6 +9,7 @@ import re
 import shlex
 import socket
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -176,7 +177,8 @@ def exclusive_lock(path: str | Path, wait: bool = True, what: str = "", hint: st
     release; the kernel drops the lock when its process dies, so a killed holder never leaves a
     stale lock behind. ``wait=True`` waits for the holder to finish (processes started together,
     e.g. torchrun's ranks extracting CUB once); ``wait=False`` raises :class:`LockedError` at once,
-    "``what`` is in use by <holder>; ``hint``". Without ``fcntl`` (Windows) nothing is locked.
+    "``what`` is in use by <holder>; ``hint``". Without ``fcntl`` (Windows), or on a file system
+    that refuses locks (a warning says so), nothing is locked.
     """
     try:
         import fcntl
@@ -193,6 +195,13 @@ def exclusive_lock(path: str | Path, wait: bool = True, what: str = "", hint: st
             holder = handle.read().strip() or "another process (starting up)"
             handle.close()
             raise LockedError(f"{what or path} is in use by {holder}; {hint or 'wait for it to finish'}") from None
+        except OSError as err:    # a file system without locks (some network and FUSE mounts)
+            handle.close()
+            path.unlink(missing_ok=True)
+            warnings.warn(f"cannot lock {path} on this file system ({err.strerror}): one process at a time "
+                          f"{'in ' + what if what else 'there'} is up to you", stacklevel=3)
+            yield
+            return
         try:                      # the previous holder may have removed the file between our open and flock
             mine, there = os.fstat(handle.fileno()), os.stat(path)
             if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):

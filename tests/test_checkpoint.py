@@ -401,3 +401,21 @@ def test_the_advice_for_a_broken_history_is_true(finished, tmp_path):
     (out / "history.json").unlink()
     assert main(cli(out, "--resume")) == 0
     assert load_history(out / "history.json")["epochs"] == good["epochs"]
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, monkeypatch):
+    """Some network and FUSE mounts (a Drive folder on Colab) refuse flock: train anyway, and say so."""
+    import errno
+    import fcntl
+
+    real = fcntl.flock
+
+    def no_locks(handle, op):
+        if op & fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, "No locks available")
+        return real(handle, op)
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match=r"cannot lock .*\.lock on this file system \(No locks available\)"):
+        train(tiny(tmp_path / "run"))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "history.json", "last.pt"]
