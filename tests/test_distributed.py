@@ -62,7 +62,12 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(tmp_path):
             # blows up to ±lr steps: compare the query and value biases only
             dim = value.shape[0] // 3
             value, got = torch.cat([value[:dim], value[2 * dim:]]), torch.cat([got[:dim], got[2 * dim:]])
-        torch.testing.assert_close(got, value, rtol=1e-4, atol=1e-5, msg=key)
+        # Adam turns an entry whose true gradient is ~0 (a filter behind a dead ReLU) into a step of
+        # about ±lr whose sign is rounding noise, as for the key bias: allow at most one such isolated
+        # entry per 100,000, each within one step (lr = 1e-3); a gathering bug moves far more entries
+        off = ~torch.isclose(got, value, rtol=1e-4, atol=1e-5)
+        assert int(off.sum()) <= max(1, value.numel() // 100_000), (key, int(off.sum()), value.numel())
+        assert (got - value).abs().max() <= 1e-3, key
     for key, value in a["loss"].items():
         torch.testing.assert_close(b["loss"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     h1 = json.loads((tmp_path / "one" / "history.json").read_text())
