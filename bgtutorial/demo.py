@@ -3,7 +3,7 @@
 On a machine with a CUDA GPU and CUB-200-2011 in ``data/CUB_200_2011`` it runs the
 ``cub-resnet50`` preset; otherwise the embedded glyphs default on the CPU: about 200 rendered
 characters in CUB's protocol (half of them unseen), rendered once into ``data/`` in seconds,
-fine-tuning the shipped glyph-pretrained backbone for about two minutes (docs/results.md). ``--preset digits`` is the one-minute run.
+fine-tuning the shipped glyph-pretrained backbone for about four minutes on 2 cores (docs/results.md). ``--preset digits`` is the one-minute run.
 """
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def _demo(args: argparse.Namespace) -> int:
     emb, y, test_ds = embed_run(run)    # the test-time network of the last epoch (no test-set selection)
     shown = torch.linspace(0, int(y.max()), min(SHOWN_CLASSES, int(y.max()) + 1)).round().long()   # evenly spaced
     keep = torch.isin(y, shown)
-    embedding_projection(emb[keep], y[keep], names=getattr(test_ds, "classes", None),
+    names = getattr(test_ds, "classes", None)
+    embedding_projection(emb[keep], torch.searchsorted(shown, y[keep]),              # labels 0..9: one legend entry each
+                         names=None if names is None else [names[int(c)] for c in shown],
                          title=f"{len(shown)} of the {int(y.max()) + 1} unseen classes: test embeddings (PCA)").savefig(
         run / "projection.png", dpi=110)
     print(f"plots: {run / 'curves.png'}, {run / 'projection.png'}; history: {run / 'history.json'}; "
