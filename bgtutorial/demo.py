@@ -3,7 +3,7 @@
 On a machine with a CUDA GPU and CUB-200-2011 in ``data/CUB_200_2011`` it runs the
 ``cub-resnet50`` preset; otherwise the embedded glyphs default on the CPU: about 200 rendered
 characters in CUB's protocol (half of them unseen), rendered once into ``data/`` in seconds,
-fine-tuning the shipped glyph-pretrained backbone for about four minutes on 2 cores (docs/results.md). ``--preset digits`` is the one-minute run.
+fine-tuning the shipped glyph-pretrained backbone for about 2.5 minutes on 2 idle cores (docs/results.md). ``--preset digits`` is the one-minute run.
 """
 from __future__ import annotations
 
