@@ -23,7 +23,9 @@ def test_notebook_rules(path):
     colab = code[0]
     assert "google.colab" in colab.source and "nbval-skip" in tags[0], "first code cell: the Colab install"
     params = [c for c, t in zip(code, tags) if "parameters" in t]
-    assert len(params) == 1 and "BGT_SMOKE" in params[0].source
+    assert len(params) == 1 and "SMOKE = smoke_mode()" in params[0].source, \
+        "the parameters cell reads BGT_SMOKE through bgtutorial.utils.smoke_mode, the package's one parser"
+    assert 'os.environ.get("BGT_SMOKE"' not in "".join(c.source for c in code), "a second BGT_SMOKE parser"
     assert nb.cells[0].cell_type == "markdown" and "teaches" in nb.cells[0].source
     assert "Summary" in nb.cells[-1].source and "Exercises" in nb.cells[-1].source
     assert "import bgtutorial" in "".join(c.source for c in code)
