@@ -11,6 +11,12 @@ edit of the cell shows up as a stale output (:func:`stale_cells`).
 ``[]``); it exits 1 when it finds any. ``strip`` removes every output. A file that is not a
 notebook (not JSON, not a notebook's structure) gets one ``error:`` line, the other files are
 still handled, and the exit code is 2.
+
+Execution also keeps a record of how long the whole notebook took, on which machine and when
+(``metadata.bgtutorial.executed`` of the notebook), and writes that time wherever a notebook or the
+README marks it (``<!-- time:NAME -->...<!-- /time -->``, NAME the notebook's file stem), so the
+notebooks' "Time" lines and the README's table state the one measured figure (:func:`time_marks`;
+``check`` reports a mark that disagrees with the record).
 """
 from __future__ import annotations
 
@@ -22,13 +28,16 @@ import time
 from pathlib import Path
 
 __all__ = ["strip_notebook", "has_outputs", "source_hash", "stale_cells", "output_problems",
-           "execute_notebook", "export_figure", "META_KEY"]
+           "execute_notebook", "export_figure", "META_KEY", "format_record", "fill_time_marks", "time_marks",
+           "execution_record", "time_problems"]
 
 #: the cell metadata key under which execution records the hash of the source
 META_KEY = "bgtutorial"
 
 _FIGURE_TEXT = re.compile(r"^<Figure size [^>]*>$")
 _STRAY = {"[]", "()", "{}", "None", "''", '""'}
+#: ``<!-- time:01_baseline -->2.4 min on ...<!-- /time -->``: a measured time filled in from the record
+_TIME_MARK = re.compile(r"<!-- time:(?P<name>[\w.-]+) -->(?P<text>.*?)<!-- /time -->")
 _WARNING = re.compile(r"\b\w*Warning\b|IProgress not found|Traceback \(most recent call last\)")
 
 
@@ -134,8 +143,12 @@ def execute_notebook(path: str | Path, timeout: int | None = None, kernel_name: 
     import nbformat
     from nbclient import NotebookClient
 
+    import datetime
+    import platform
+
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
+    t0 = time.perf_counter()
     saved = {k: os.environ.get(k) for k in ("BGT_SMOKE", "MPLBACKEND", "TQDM_DISABLE")}
     os.environ.pop("BGT_SMOKE", None)
     os.environ.pop("MPLBACKEND", None)
@@ -153,8 +166,76 @@ def execute_notebook(path: str | Path, timeout: int | None = None, kernel_name: 
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.metadata[META_KEY] = {"source_sha256": source_hash(cell.source)}
+    import torch
+
+    where = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+             else f"{os.cpu_count()} CPU cores ({platform.machine()})")
+    nb.metadata[META_KEY] = {"executed": {"seconds": round(time.perf_counter() - t0, 1), "machine": where,
+                                          "date": datetime.date.today().isoformat()}}
+    fill_time_marks(nb, {path.stem: nb.metadata[META_KEY]["executed"]})
     nbformat.write(nb, path)
     return output_problems(path)
+
+
+def format_record(record: dict) -> str:
+    """``{"seconds": 143.2, "machine": "2 CPU cores (x86_64)", "date": "2026-12-03"}`` -> "2.4 min on 2 CPU
+    cores (x86_64), 2026-12-03": how a notebook's measured time reads in its "Time" line and the README."""
+    s = float(record["seconds"])
+    took = f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+    return f"{took} on {record['machine']}, {record['date']}"
+
+
+def _fill(text: str, records: dict[str, dict]) -> str:
+    return _TIME_MARK.sub(lambda m: (f"<!-- time:{m['name']} -->{format_record(records[m['name']])}<!-- /time -->"
+                                     if m["name"] in records else m[0]), text)
+
+
+def fill_time_marks(target, records: dict[str, dict]) -> bool:
+    """Write each record's time into the marks that name it, in a notebook's markdown cells or a text file
+    (the README); return True when something changed."""
+    if isinstance(target, (str, Path)):
+        text = Path(target).read_text(encoding="utf-8")
+        new = _fill(text, records)
+        if new != text:
+            Path(target).write_text(new, encoding="utf-8")
+        return new != text
+    changed = False
+    for cell in target.cells:
+        if cell.cell_type == "markdown" and "<!-- time:" in cell.source:
+            new = _fill(cell.source, records)
+            changed |= new != cell.source
+            cell.source = new
+    return changed
+
+
+def time_marks(text: str) -> list[tuple[str, str]]:
+    """The ``(name, text)`` of every time mark in ``text``."""
+    return [(m["name"], m["text"]) for m in _TIME_MARK.finditer(text)]
+
+
+def execution_record(path_or_nb) -> dict | None:
+    """The record :func:`execute_notebook` left in a notebook (seconds, machine, date), or ``None``."""
+    return _read(path_or_nb).metadata.get(META_KEY, {}).get("executed")
+
+
+def time_problems(path: str | Path, readme: str | Path | None = None) -> list[str]:
+    """Time marks in the notebook (and in ``readme``, for this notebook) that disagree with its record."""
+    nb = _read(path)
+    name, record = Path(path).stem, execution_record(nb)
+    texts = [("", c.source) for c in nb.cells if c.cell_type == "markdown"]
+    if readme is not None and Path(readme).is_file():
+        texts.append((f" ({Path(readme).name})", Path(readme).read_text(encoding="utf-8")))
+    out = []
+    for where, text in texts:
+        for mark, shown in time_marks(text):
+            if mark != name:
+                continue
+            if record is None:
+                out.append(f"{Path(path).name}{where}: a time mark but no execution record; run `make notebooks`")
+            elif shown != format_record(record):
+                out.append(f"{Path(path).name}{where}: time mark says {shown!r}, the execution record "
+                           f"{format_record(record)!r}; run `make notebooks`")
+    return out
 
 
 def export_figure(path: str | Path, tag: str, out: str | Path, index: int = 0) -> Path:
@@ -206,19 +287,28 @@ def _main(argv: list[str]) -> int:
         if cmd == "strip":
             print(("stripped " if strip_notebook(p) else "clean    ") + p)
         elif cmd == "check":
-            problems = stale_cells(p) + output_problems(p)
+            problems = stale_cells(p) + output_problems(p) + time_problems(p, _readme_of(p))
             bad += len(problems)
             print("\n".join(problems) if problems else f"ok       {p}")
         else:
             t0 = time.perf_counter()
             print(f"executing {p} ...", flush=True)
             problems = execute_notebook(p)
+            readme = _readme_of(p)
+            if readme is not None and fill_time_marks(readme, {Path(p).stem: execution_record(p)}):
+                print(f"  its time written into {readme}")
             size = Path(p).stat().st_size / 2**20
             print(f"  done in {time.perf_counter() - t0:.0f} s, {size:.2f} MiB")
             for line in problems:
                 print("  " + line)
             bad += len(problems)
     return 2 if unreadable else 1 if bad else 0
+
+
+def _readme_of(path: str | Path) -> Path | None:
+    """The project's README beside the notebooks' folder (``notebooks/x.ipynb`` -> ``README.md``), if any."""
+    readme = Path(path).resolve().parent.parent / "README.md"
+    return readme if readme.is_file() else None
 
 
 def _unreadable(path: str | Path) -> str | None:

@@ -153,3 +153,34 @@ def test_smoke_mode_refuses_what_it_cannot_read(monkeypatch):
     monkeypatch.setenv("BGT_SMOKE", "smoke")
     with pytest.raises(ValueError, match=r"BGT_SMOKE='smoke' is neither on .* set BGT_SMOKE=1"):
         smoke_mode()
+
+
+def test_execution_records_its_time_and_fills_the_marks(tmp_path, monkeypatch):
+    """The notebook's "Time" line and the README's table state the one measured time, from the record."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    (tmp_path / "notebooks").mkdir()
+    path = tmp_path / "notebooks" / "07_t.ipynb"
+    nb = _nb("import time\ntime.sleep(0.2)\nprint(\"slept\")")
+    nb.cells[0].source = "# t\n\n**Time.** <!-- time:07_t -->not yet measured<!-- /time --> to run."
+    nbformat.write(nb, path)
+    readme = tmp_path / "README.md"
+    readme.write_text("| 07 | <!-- time:07_t -->?<!-- /time --> |\n| 08 | <!-- time:08_x -->3 s<!-- /time --> |\n")
+    assert nbtools.time_problems(path, readme) != []                    # marks but no record yet
+    assert nbtools._main(["execute", str(path)]) == 0
+    record = nbtools.execution_record(path)
+    assert record["seconds"] >= 0.2 and record["machine"] and record["date"]
+    shown = nbtools.format_record(record)
+    assert f"<!-- time:07_t -->{shown}<!-- /time -->" in nbformat.read(path, as_version=4).cells[0].source
+    text = readme.read_text()
+    assert f"<!-- time:07_t -->{shown}<!-- /time -->" in text and "<!-- time:08_x -->3 s<!-- /time -->" in text
+    assert nbtools.time_problems(path, readme) == [] and nbtools._main(["check", str(path)]) == 0
+    readme.write_text(text.replace(shown, "1 s on a hand-edited claim, 2026-01-01"))
+    problems = nbtools.time_problems(path, readme)
+    assert len(problems) == 1 and "README.md" in problems[0] and "make notebooks" in problems[0]
+    assert nbtools._main(["check", str(path)]) == 1
+
+
+def test_format_record_switches_to_minutes_past_90_seconds():
+    base = {"machine": "2 CPU cores (x86_64)", "date": "2026-12-03"}
+    assert nbtools.format_record({**base, "seconds": 45.4}) == "45 s on 2 CPU cores (x86_64), 2026-12-03"
+    assert nbtools.format_record({**base, "seconds": 143.0}).startswith("2.4 min on ")

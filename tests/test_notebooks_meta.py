@@ -75,3 +75,15 @@ def test_committed_outputs_are_current_and_clean(path):
     problems = stale_cells(path) + output_problems(path)
     assert not problems, "\n".join(problems)
     assert path.stat().st_size < 2.5 * 2**20, f"{path.name} is {path.stat().st_size / 2**20:.1f} MiB; keep it under ~2 MB"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_time_lines_state_the_measured_execution_time(path):
+    """The notebook's "Time" line and the README's table show the time `make notebooks` measured, not prose."""
+    from bgtutorial import nbtools
+
+    readme = path.parents[1] / "README.md"
+    nb = nbformat.read(path, as_version=4)
+    assert [m for m, _ in nbtools.time_marks(nb.cells[0].source)] == [path.stem], "cell 0: one time mark, its own"
+    assert [m for m, _ in nbtools.time_marks(readme.read_text())].count(path.stem) == 1, "README: one time mark"
+    assert nbtools.time_problems(path, readme) == []
