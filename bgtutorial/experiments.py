@@ -30,7 +30,7 @@ from .utils import CLI_ERRORS, bars_disabled, error_line
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
-           "publish_history", "optimiser_steps", "paired_summary", "paired_table"]
+           "publish_history", "optimiser_steps", "paired_summary", "paired_table", "read_shipped"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -100,6 +100,30 @@ def published_history(preset: str, folder: str | Path, **overrides: Any) -> dict
     if len(h["epochs"]) < cfg.epochs:
         return None
     return h
+
+
+def read_shipped(preset: str, seeds: Sequence[int], methods: Sequence[str] = tuple(METHODS), label_noise: float = 0.0,
+                 **overrides: Any) -> dict[str, list[dict[str, Any]]]:
+    """Shipped histories only, ``{method: [history per seed]}`` in the order of ``seeds``: never trains.
+
+    For a study whose runs the package ships (e.g. the from-scratch ``glyphs-scratch`` comparison) and
+    that a notebook reads but must not retrain. Each history is the one :func:`compare` with
+    ``published=True`` would read (:func:`published_history`, config checked); a seed or method that
+    was not shipped for this config raises ``FileNotFoundError`` naming the file.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        for seed in seeds:
+            folder = run_folder("published", preset, method, seed, label_noise)
+            h = published_history(preset, folder, seed=seed, batch_module=METHODS[method], label_noise=label_noise,
+                                  **overrides)
+            if h is None:
+                raise FileNotFoundError(f"no shipped history of {folder.name} for this config in {PUBLISHED}: "
+                                        f"train it with compare({preset!r}, ...) instead, or pick shipped seeds")
+            out.setdefault(method, []).append(h)
+    return out
 
 
 def published_name(folder: str | Path, imbalance: float = 1.0, shared_head: bool = True) -> str:
