@@ -31,7 +31,7 @@ from .utils import CLI_ERRORS, bars_disabled, error_line
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
-           "publish_history", "optimiser_steps", "paired_summary", "paired_table", "read_shipped",
+           "publish_history", "optimiser_steps", "paired_summary", "paired_table", "published_study", "paired_verdict",
            "noise_only_images", "label_shortcut_runs"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
@@ -104,26 +104,35 @@ def published_history(preset: str, folder: str | Path, **overrides: Any) -> dict
     return h
 
 
-def read_shipped(preset: str, seeds: Sequence[int], methods: Sequence[str] = tuple(METHODS), label_noise: float = 0.0,
-                 **overrides: Any) -> dict[str, list[dict[str, Any]]]:
-    """Shipped histories only, ``{method: [history per seed]}`` in the order of ``seeds``: never trains.
+def published_study(preset: str, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0,),
+                    label_noise: float = 0.0, corrupt: float = 0.0, **overrides: Any) -> dict[str, list[dict[str, Any]]]:
+    """The shipped histories ``{method: [history per seed]}`` of one study; unlike :func:`compare`, it never trains.
 
-    For a study whose runs the package ships (e.g. the from-scratch ``glyphs-scratch`` comparison) and
-    that a notebook reads but must not retrain. Each history is the one :func:`compare` with
-    ``published=True`` would read (:func:`published_history`, config checked); a seed or method that
-    was not shipped for this config raises ``FileNotFoundError`` naming the file.
+    The runs are the ones :func:`compare` would train with the same arguments (folder names and
+    config), read from :data:`PUBLISHED`, for a notebook that must not spend hours retraining a study
+    shipped with the package. A run without a shipped history raises ``FileNotFoundError``, and one
+    whose shipped history belongs to another config raises ``ConfigMismatchError`` naming the
+    fields; both messages say how to train and publish it.
     """
     out: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         for seed in seeds:
-            folder = run_folder("published", preset, method, seed, label_noise)
-            h = published_history(preset, folder, seed=seed, batch_module=METHODS[method], label_noise=label_noise,
-                                  **overrides)
-            if h is None:
-                raise FileNotFoundError(f"no shipped history of {folder.name} for this config in {PUBLISHED}: "
-                                        f"train it with compare({preset!r}, ...) instead, or pick shipped seeds")
+            folder = run_folder("runs", preset, method, seed, label_noise, corrupt)
+            cfg = load_config(preset, out=str(folder), seed=seed, batch_module=METHODS[method],
+                              label_noise=label_noise, corrupt=corrupt, **overrides)
+            path = PUBLISHED / f"{published_name(folder, cfg.imbalance, cfg.shared_head)}.json"
+            publish = (f"train it with compare(..., published=False) or `python -m bgtutorial.experiments --preset "
+                       f"{preset} --methods {method} --seeds {seed} --noise {label_noise:g}"
+                       + (f" --imbalance {cfg.imbalance:g}" if cfg.imbalance != 1.0 else "") + " --publish`")
+            if not path.is_file():
+                raise FileNotFoundError(f"no shipped history {path.name} in {PUBLISHED}: {publish}")
+            h = json.loads(path.read_text())
+            check_config(h["config"], cfg, f"the shipped history {path.name}")
+            if len(h["epochs"]) < cfg.epochs:
+                raise ValueError(f"the shipped history {path.name} has {len(h['epochs'])} of {cfg.epochs} epochs: "
+                                 f"{publish}")
             out.setdefault(method, []).append(h)
     return out
 
@@ -394,6 +403,32 @@ def paired_summary(treatment: Sequence[float], baseline: Sequence[float], confid
     n, mean, std = len(diffs), statistics.mean(diffs), statistics.stdev(diffs)
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / n ** 0.5
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "std": std, "differences": diffs}
+
+
+def paired_verdict(treatment: Sequence[float], baseline: Sequence[float], name: str = "treatment − baseline",
+                   metric: str = "R@1", confidence: float = 0.95, min_seeds: int = 5) -> str:
+    """The project's rule read out in one sentence: :func:`paired_summary`'s mean and interval, then
+    "supported" when the interval excludes 0, else what the interval allows.
+
+    ``treatment``, ``baseline``: one value per seed, index i of both from seed i. With one seed there
+    is no interval and the sentence says so; with fewer than ``min_seeds`` seeds it adds that the
+    comparison is below the rule's bar.
+    """
+    n = len(treatment)
+    if n < 2:
+        diffs = ", ".join(f"{float(t) - float(b):+.3f}" for t, b in zip(treatment, baseline))
+        return (f"{name}, {metric}: {n} seed (difference {diffs or 'none'}), no interval: the rule needs at least "
+                f"{min_seeds} paired seeds")
+    s = paired_summary(treatment, baseline, confidence)
+    text = (f"{name}, {metric}: mean {s['mean']:+.3f}, {confidence:.0%} interval [{s['low']:+.3f}, {s['high']:+.3f}] "
+            f"over {n} paired seeds: ")
+    if s["low"] > 0 or s["high"] < 0:
+        text += f"supported ({'higher' if s['mean'] > 0 else 'lower'} across the whole interval)"
+    else:
+        text += f"the interval holds 0, so no difference is supported; it allows any difference from {s['low']:+.3f} to {s['high']:+.3f}"
+    if n < min_seeds:
+        text += f" (n = {n}, below the rule's {min_seeds} seeds: a pointer, not a finding)"
+    return text
 
 
 def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> dict[str, tuple[float, float, int]]:

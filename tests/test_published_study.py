@@ -1,0 +1,74 @@
+"""experiments.published_study reads a study's shipped histories and never trains; paired_verdict reads a
+paired comparison out with the project's one rule."""
+import pytest
+
+from bgtutorial import experiments
+from bgtutorial.checkpoint import ConfigMismatchError, config_dict
+from bgtutorial.train import load_config
+
+
+def _publish(method, seed, r1, **overrides):
+    folder = experiments.run_folder("elsewhere", "digits", method, seed)
+    cfg = load_config("digits", out=str(folder), seed=seed, batch_module=experiments.METHODS[method], **overrides)
+    h = {"config": config_dict(cfg), "device": "cpu", "initial": {},
+         "epochs": [{"epoch": e + 1, "R@1": r1, "MAP@R": r1 / 4} for e in range(cfg.epochs)], "steps": [{"loss": 1.0}]}
+    return experiments.publish_history(h, experiments.published_name(folder, cfg.imbalance, cfg.shared_head), "test",
+                                       dest=experiments.PUBLISHED)
+
+
+@pytest.fixture
+def shelf(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "PUBLISHED", tmp_path / "published")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("published_study must never train")
+
+    monkeypatch.setattr(experiments, "train", no_training)
+    return tmp_path
+
+
+def test_published_study_reads_every_method_and_seed_in_order(shelf):
+    for s, (b, t) in enumerate([(0.30, 0.32), (0.40, 0.41), (0.50, 0.53)]):
+        _publish("baseline", s, b)
+        _publish("batchformer", s, t)
+        _publish("batchformer", s, t - 0.1, imbalance=10.0)
+    out = experiments.published_study("digits", ("baseline", "batchformer"), seeds=[0, 1, 2])
+    assert [h["config"]["seed"] for h in out["baseline"]] == [0, 1, 2]
+    assert [h["epochs"][-1]["R@1"] for h in out["batchformer"]] == [0.32, 0.41, 0.53]
+    tail = experiments.published_study("digits", ("batchformer",), seeds=[1], imbalance=10.0)
+    assert tail["batchformer"][0]["epochs"][-1]["R@1"] == pytest.approx(0.31)
+
+
+def test_published_study_refuses_a_missing_or_other_config_history(shelf):
+    _publish("baseline", 0, 0.3, epochs=3)
+    with pytest.raises(FileNotFoundError, match="digits-baseline-noise0-seed1.json.*--publish"):
+        experiments.published_study("digits", ("baseline",), seeds=[1])
+    with pytest.raises(ConfigMismatchError, match="epochs"):
+        experiments.published_study("digits", ("baseline",), seeds=[0])
+    with pytest.raises(ValueError, match="unknown method"):
+        experiments.published_study("digits", ("resnet",), seeds=[0])
+
+
+def test_the_shipped_pretrained_default_study_loads():
+    out = experiments.published_study("glyphs", ("baseline", "batchformer"), seeds=range(5))
+    assert all(len(hs) == 5 for hs in out.values()) and all("published" in h for h in out["baseline"])
+    scratch = experiments.published_study("glyphs-scratch", ("batchformer",), seeds=[0, 1, 2], shared_head=False)
+    assert all("module_head_R@1" in h["epochs"][-1] for h in scratch["batchformer"])
+    steps = experiments.optimiser_steps(experiments.published_study("glyphs-scratch", ("baseline",), seeds=[0])["baseline"][0])
+    per_epoch = steps // load_config("glyphs-scratch").epochs
+    tail = experiments.published_study("glyphs-scratch", ("baseline",), seeds=[0, 1, 2], imbalance=10.0,
+                                       steps_per_epoch=per_epoch)
+    assert all(experiments.optimiser_steps(h) == steps for h in tail["baseline"])
+
+
+def test_paired_verdict_follows_the_rule():
+    base = [0.30, 0.40, 0.50, 0.60, 0.70]
+    up = experiments.paired_verdict([b + 0.01 + 0.001 * i for i, b in enumerate(base)], base, "A − B")
+    assert up.startswith("A − B, R@1: mean +0.012") and "supported (higher" in up and "below" not in up
+    down = experiments.paired_verdict([b - 0.02 for b in base[:3]], base[:3])
+    assert "supported (lower" in down and "n = 3, below the rule's 5 seeds" in down
+    mixed = experiments.paired_verdict([0.31, 0.39, 0.52, 0.59, 0.70], base, metric="MAP@R")
+    s = experiments.paired_summary([0.31, 0.39, 0.52, 0.59, 0.70], base)
+    assert "MAP@R" in mixed and "holds 0" in mixed and f"from {s['low']:+.3f} to {s['high']:+.3f}" in mixed
+    one = experiments.paired_verdict([0.5], [0.4])
+    assert "1 seed (difference +0.100), no interval" in one
