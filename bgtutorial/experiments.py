@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from .checkpoint import (HISTORY_FILE, ConfigMismatchError, check_config, load_checkpoint, load_history, restoring,
                          stored_config)
 from .models import BATCH_MODULES
-from .train import load_config, train
+from .config import load_config
+from .train import train
 from .utils import CLI_ERRORS, bars_disabled, error_line
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
@@ -181,7 +182,7 @@ def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any],
            seed: int = 0, progress: bool = True, **overrides: Any) -> dict[Any, dict[str, Any]]:
     """One run per value of ``field`` (a config field, or a batch-module option such as ``k``,
     ``visual``, ``depth``, ``lam``): ``{value: history}``, same seed and budget for each."""
-    from .train import Config
+    from .config import Config
 
     config_fields = {f for f in Config.__dataclass_fields__}
     out = {}
@@ -200,7 +201,7 @@ def _run_config(run_dir: Path, **overrides: Any):
     """The stored config of a finished run as a ``Config`` (``overrides`` applied), or a clear error."""
     import dataclasses
 
-    from .train import Config
+    from .config import Config
 
     saved = stored_config(run_dir)
     if saved is None:
@@ -220,7 +221,8 @@ def _test_time_net(run_dir: Path, checkpoint: str, **overrides: Any):
     The batch module's weights are not loaded: thanks to the shared head the test-time network has
     no module (an unshared run keeps both heads).
     """
-    from .train import build_datasets, build_net
+    from .data.splits import build_datasets
+    from .train import build_net
     from .utils import device
 
     cfg = _run_config(run_dir, **overrides)
@@ -240,12 +242,12 @@ def embed_run(run_dir: str | Path, checkpoint: str = "last.pt", **overrides: Any
     L2-normalised head outputs, ranked by cosine (``metrics.knn``, ``retrieval_metrics``), or, for a
     run trained with the hyperbolic loss, the head outputs mapped into its Poincaré ball
     (``losses.to_poincare``), ranked by Poincaré distance (``losses.poincare_knn``,
-    ``train.poincare_metrics``); cosine on those would score another ranking than the history's.
+    ``evaluate.poincare_metrics``); cosine on those would score another ranking than the history's.
     The weights are the last epoch's (``last.pt``): nothing is chosen on the test classes. The batch
     module's weights are not loaded: thanks to the shared head the test-time network has no module.
     """
     from .losses import to_poincare
-    from .train import embed_dataset
+    from .evaluate import embed_dataset
 
     cfg, model, test_ds, dev = _test_time_net(Path(run_dir), checkpoint, **overrides)
     if cfg.loss == "hyperbolic":
@@ -262,11 +264,11 @@ def head_metrics(run_dir: str | Path, checkpoint: str = "last.pt", with_nmi: boo
     ``{"plain head": metrics}``, plus ``"module head"`` for a run trained with ``shared_head=False``:
     the module stream's own head applied to features that never went through the batch module,
     the train/test mismatch that BatchFormer's shared head avoids. Weights are ``last.pt``'s. The
-    scores are :func:`bgtutorial.train.evaluate`'s, the ones a history records: cosine, or for a
+    scores are :func:`bgtutorial.evaluate.evaluate`'s, the ones a history records: cosine, or for a
     hyperbolic run Poincaré distance on the head output plus cosine on the backbone feature
     (``feat_`` keys, plain head only).
     """
-    from .train import evaluate
+    from .evaluate import evaluate
 
     cfg, model, test_ds, dev = _test_time_net(Path(run_dir), checkpoint, **overrides)
     scores = evaluate(model, test_ds, cfg.eval_batch_size, with_nmi, dev, cfg)

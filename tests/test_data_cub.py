@@ -641,7 +641,9 @@ def test_a_png_bomb_named_jpg_is_refused_in_one_line(tmp_path, fake_cub_root):
 
 def test_a_bad_jpeg_in_a_loader_worker_gives_one_line(tmp_path, capsys):
     """num_workers > 0: the worker's error came back with its 30-line traceback inside the message."""
-    from bgtutorial.train import build_splits, load_config, main
+    from bgtutorial.cli import main
+    from bgtutorial.config import load_config
+    from bgtutorial.data.splits import build_splits
 
     args = dict(out=str(tmp_path / "run"), data_root=str(tmp_path / "data"), epochs=1, num_workers=1,
                 eval_nmi=False, progress=False)

@@ -241,7 +241,9 @@ def test_bad_arguments_say_what_to_do(tmp_path):
 
 # ------------------------------------------------------------------------------ the trainer's side
 def test_glyphs_is_the_default_preset_and_trains_end_to_end(tmp_path, small_root):
-    from bgtutorial.train import Config, build_datasets, load_config, train
+    from bgtutorial.config import Config, load_config
+    from bgtutorial.data.splits import build_datasets
+    from bgtutorial.train import train
 
     assert Config().preset == "glyphs" and Config().dataset == "glyphs"
     preset = load_config("glyphs")
