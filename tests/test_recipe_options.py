@@ -289,7 +289,7 @@ def test_module_tables_apply_to_their_module_only():
 
 
 def test_curves_skip_epochs_that_were_not_evaluated():
-    from bgtutorial.plots import plot_history
+    from bgtutorial.plots.curves import plot_history
 
     h = {"initial": {"R@1": 0.1, "MAP@R": 0.01}, "steps": [{"loss": 1.0}, {"loss": 0.5}],
          "epochs": [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5, "R@1": 0.4, "MAP@R": 0.1}]}
