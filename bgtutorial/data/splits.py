@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from torch.utils.data import Dataset
 
 from ..models import input_stats
-from .cub import CUB200, download_cub, eval_transform, train_transform
+from .cub import CUB200, eval_transform, train_transform
+from .cub_archive import download_cub
 from .digits import DigitsRetrieval
 from .fake_cub import fake_cub_url, make_fake_cub
 from .glyphs import GlyphsRetrieval
