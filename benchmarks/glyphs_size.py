@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine  # noqa: E402
 
 from bgtutorial.data import GlyphsRetrieval  # noqa: E402
-from bgtutorial.data.glyphs import build_glyphs, select_classes  # noqa: E402
+from bgtutorial.data.glyph_classes import select_classes  # noqa: E402
+from bgtutorial.data.glyphs import build_glyphs  # noqa: E402
 from bgtutorial.metrics import retrieval_metrics  # noqa: E402
 
 

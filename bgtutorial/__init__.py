@@ -2,7 +2,8 @@
 
 Public names (kept short): the batch modules, the network, the metrics' entry point,
 and the device/seed helpers. Everything else lives in its submodule
-(``bgtutorial.data``, ``bgtutorial.train``, ``bgtutorial.plots``, ...).
+(``bgtutorial.config``, ``bgtutorial.train``, ``bgtutorial.evaluate``, ``bgtutorial.data``,
+``bgtutorial.plots``, ...; README.md's "The package" maps them).
 """
 from .batchformer import BatchFormer
 from .bgformer import BGFormer

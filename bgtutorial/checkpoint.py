@@ -2,7 +2,7 @@
 
 A run folder (``runs/<name>/``) holds:
 
-* ``config.json``: the :class:`~bgtutorial.train.Config` it was trained with, written before
+* ``config.json``: the :class:`~bgtutorial.config.Config` it was trained with, written before
   the first step. Resuming, loading a finished history (``experiments.run_or_load``) or
   training again into the folder compares it with the config asked for; a difference in any
   field outside :data:`MUTABLE_FIELDS` raises :class:`ConfigMismatchError`, which names the

@@ -1,8 +1,8 @@
 """Checks of a training config beyond "is it a known name": types, bounds with their reasons,
 batch-module options, and the folders a run reads and writes.
 
-:meth:`bgtutorial.train.Config.validate` calls :func:`check_types` first and :func:`check_bounds`
-last; :func:`bgtutorial.train.load_config` calls :func:`check_preset_values` on a preset file's
+:meth:`bgtutorial.config.Config.validate` calls :func:`check_types` first and :func:`check_bounds`
+last; :func:`bgtutorial.config.load_config` calls :func:`check_preset_values` on a preset file's
 contents, and :func:`bgtutorial.train.train` calls :func:`check_paths` before it touches the run
 folder. Every message names the option (``--field``) and says what to pass instead; each bound
 says why it is there (what the loss or the machine would do with the value).
@@ -85,7 +85,7 @@ def check_preset_values(values: Mapping[str, Any], config_class: type, where: st
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
             raise ValueError(f"{where}: unknown field {key!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
-                             + "; fix or remove that line (every field is listed in bgtutorial.train.Config)")
+                             + "; fix or remove that line (every field is listed in bgtutorial.config.Config)")
     check_types({k: v for k, v in values.items() if k not in tables}, config_class, where)
 
 

@@ -18,9 +18,13 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from .plots import embedding_projection, plot_history  # noqa: E402
+from .cli import format_table  # noqa: E402
+from .config import load_config  # noqa: E402
+from .data.splits import build_datasets  # noqa: E402
 from .experiments import embed_run  # noqa: E402
-from .train import build_datasets, format_table, load_config, train  # noqa: E402
+from .plots.curves import plot_history  # noqa: E402
+from .plots.retrieval import embedding_projection  # noqa: E402
+from .train import train  # noqa: E402
 from .utils import CLI_ERRORS, error_line  # noqa: E402
 
 

@@ -11,7 +11,6 @@ raises ``ConfigMismatchError`` naming the fields (``force=True`` / ``--force`` r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -26,13 +25,13 @@ from tqdm.auto import tqdm
 from .checkpoint import (HISTORY_FILE, ConfigMismatchError, check_config, load_checkpoint, load_history, restoring,
                          stored_config)
 from .models import BATCH_MODULES
-from .train import load_config, train
+from .config import load_config
+from .train import train
 from .utils import CLI_ERRORS, bars_disabled, error_line
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
-           "publish_history", "optimiser_steps", "paired_summary", "paired_table", "published_study", "paired_verdict",
-           "noise_only_images", "label_shortcut_runs"]
+           "publish_history", "optimiser_steps", "paired_summary", "paired_table", "published_study", "paired_verdict"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -216,7 +215,7 @@ def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any],
            seed: int = 0, progress: bool = True, **overrides: Any) -> dict[Any, dict[str, Any]]:
     """One run per value of ``field`` (a config field, or a batch-module option such as ``k``,
     ``visual``, ``depth``, ``lam``): ``{value: history}``, same seed and budget for each."""
-    from .train import Config
+    from .config import Config
 
     config_fields = {f for f in Config.__dataclass_fields__}
     out = {}
@@ -231,59 +230,11 @@ def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any],
     return out
 
 
-@contextlib.contextmanager
-def noise_only_images():
-    """While active, ``Config.corrupt`` replaces *every* image it picks by noise (no occlusions).
-
-    ``Config.corrupt = p`` normally corrupts a share p of the training images, each by a fair coin
-    either occluded or replaced by noise entirely (:func:`bgtutorial.train.corrupt_plan`). Inside
-    this context the coin has one side, ``"noise"``: with ``corrupt=1.0`` every training image is
-    pure noise (seeded per image, the same in every epoch), so the images carry no class
-    information at all. A stopgap until the config can ask for it: it swaps the kinds tuple that
-    ``corrupt_plan`` reads, and puts it back on exit (errors included). Only the plans drawn inside
-    the context (``build_splits``, hence ``train``) are affected.
-    """
-    from .train import corrupt_plan
-
-    where = sys.modules[corrupt_plan.__module__]          # the module whose CORRUPTIONS corrupt_plan reads
-    kinds = where.CORRUPTIONS
-    if "noise" not in kinds:
-        raise RuntimeError(f"{where.__name__}.CORRUPTIONS has no 'noise' kind ({kinds}); noise_only_images needs one")
-    where.CORRUPTIONS = ("noise",)
-    try:
-        yield
-    finally:
-        where.CORRUPTIONS = kinds
-
-
-def label_shortcut_runs(preset: str, runs_dir: str | Path, lams: Sequence[float] = (0.5, 1.0), seed: int = 0,
-                        progress: bool = True, **overrides: Any) -> dict[float, dict[str, Any]]:
-    """BGFormer trained on training images that are all pure noise, one run per λ: ``{λ: history}``.
-
-    Every training image is replaced by noise (``corrupt=1.0`` under :func:`noise_only_images`), so
-    no network can learn anything about the classes from them; the test split stays clean. Train or
-    load, in ``<runs>/<preset>-bgformer-purenoise-lam<λ>-seed<s>``. Each history's ``"steps"`` hold
-    ``loss_plain`` and ``loss_module``, the loss of each half of the doubled batch: with the label
-    path on (λ < 1) the module half can fall while the plain half does not (docs/method.md,
-    section 3, "Training only, doubled batch, weighted loss"); λ = 1 removes the label path.
-    ``overrides`` go to the config (e.g. ``loss``, ``plain_weight``, ``epochs``).
-    """
-    out = {}
-    for lam in tqdm(lams, desc="pure-noise runs", disable=bars_disabled(progress)):
-        kwargs = {**overrides.get("module_kwargs", {}), "lam": lam}
-        extra = {k: v for k, v in overrides.items() if k != "module_kwargs"}
-        folder = Path(runs_dir) / f"{preset}-bgformer-purenoise-lam{lam:g}-seed{seed}"
-        with noise_only_images():
-            out[lam] = run_or_load(preset, folder, seed=seed, batch_module="bgformer", corrupt=1.0,
-                                   module_kwargs=kwargs, progress=False, **extra)
-    return out
-
-
 def _run_config(run_dir: Path, **overrides: Any):
     """The stored config of a finished run as a ``Config`` (``overrides`` applied), or a clear error."""
     import dataclasses
 
-    from .train import Config
+    from .config import Config
 
     saved = stored_config(run_dir)
     if saved is None:
@@ -303,7 +254,8 @@ def _test_time_net(run_dir: Path, checkpoint: str, **overrides: Any):
     The batch module's weights are not loaded: thanks to the shared head the test-time network has
     no module (an unshared run keeps both heads).
     """
-    from .train import build_datasets, build_net
+    from .data.splits import build_datasets
+    from .train import build_net
     from .utils import device
 
     cfg = _run_config(run_dir, **overrides)
@@ -323,12 +275,12 @@ def embed_run(run_dir: str | Path, checkpoint: str = "last.pt", **overrides: Any
     L2-normalised head outputs, ranked by cosine (``metrics.knn``, ``retrieval_metrics``), or, for a
     run trained with the hyperbolic loss, the head outputs mapped into its Poincaré ball
     (``losses.to_poincare``), ranked by Poincaré distance (``losses.poincare_knn``,
-    ``train.poincare_metrics``); cosine on those would score another ranking than the history's.
+    ``evaluate.poincare_metrics``); cosine on those would score another ranking than the history's.
     The weights are the last epoch's (``last.pt``): nothing is chosen on the test classes. The batch
     module's weights are not loaded: thanks to the shared head the test-time network has no module.
     """
     from .losses import to_poincare
-    from .train import embed_dataset
+    from .evaluate import embed_dataset
 
     cfg, model, test_ds, dev = _test_time_net(Path(run_dir), checkpoint, **overrides)
     if cfg.loss == "hyperbolic":
@@ -345,11 +297,11 @@ def head_metrics(run_dir: str | Path, checkpoint: str = "last.pt", with_nmi: boo
     ``{"plain head": metrics}``, plus ``"module head"`` for a run trained with ``shared_head=False``:
     the module stream's own head applied to features that never went through the batch module,
     the train/test mismatch that BatchFormer's shared head avoids. Weights are ``last.pt``'s. The
-    scores are :func:`bgtutorial.train.evaluate`'s, the ones a history records: cosine, or for a
+    scores are :func:`bgtutorial.evaluate.evaluate`'s, the ones a history records: cosine, or for a
     hyperbolic run Poincaré distance on the head output plus cosine on the backbone feature
     (``feat_`` keys, plain head only).
     """
-    from .train import evaluate
+    from .evaluate import evaluate
 
     cfg, model, test_ds, dev = _test_time_net(Path(run_dir), checkpoint, **overrides)
     scores = evaluate(model, test_ds, cfg.eval_batch_size, with_nmi, dev, cfg)

@@ -29,7 +29,8 @@ import torch
 
 from .models import BATCH_MODULES
 from .precision import Precision
-from .train import build_model, load_config, train
+from .config import load_config
+from .train import build_model, train
 
 __all__ = ["check_tier", "largest_batch", "module_share", "estimate_train_gib", "batch_that_fits", "main"]
 

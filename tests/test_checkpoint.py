@@ -10,7 +10,9 @@ from bgtutorial import experiments
 from bgtutorial.checkpoint import (MUTABLE_FIELDS, CheckpointError, ConfigMismatchError, atomic_save, config_dict,
                                    config_diff, first_nonfinite, load_checkpoint, load_history, nonfinite_tensors,
                                    prepare_run_dir)
-from bgtutorial.train import Config, load_config, main, train
+from bgtutorial.cli import main
+from bgtutorial.config import Config, load_config
+from bgtutorial.train import train
 
 TINY = dict(views=1, epochs=1, batch_size=20, m=4, steps_per_epoch=2, eval_nmi=False, progress=False, embed_dim=16)
 
@@ -231,16 +233,16 @@ def test_embeddings_that_stop_being_finite_stop_training(tmp_path, monkeypatch):
 
 def test_diverged_model_gets_no_score_and_no_checkpoint(tmp_path, monkeypatch, capsys):
     """Before: NaN test embeddings scored Recall@1 = 1.0, best.pt was saved, and the CLI exited 0."""
-    import bgtutorial.train as train_module
+    import bgtutorial.evaluate as evaluate_module
 
-    real_embed, calls = train_module.embed_dataset, []
+    real_embed, calls = evaluate_module.embed_dataset, []
 
     def nan_after_training(*args, **kwargs):
         emb, y = real_embed(*args, **kwargs)
         calls.append(1)
         return (emb if len(calls) == 1 else torch.full_like(emb, float("nan"))), y
 
-    monkeypatch.setattr(train_module, "embed_dataset", nan_after_training)
+    monkeypatch.setattr(evaluate_module, "embed_dataset", nan_after_training)
     assert main(cli(tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "test embeddings are NaN or inf" in err and "lower lr" in err
@@ -362,7 +364,7 @@ def test_a_disk_that_fills_up_during_training_gives_one_line(tmp_path):
 
     code = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
-            "from bgtutorial.train import main\nsys.exit(main(sys.argv[1:]))\n")
+            "from bgtutorial.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     run = subprocess.run([sys.executable, "-c", code, *cli(tmp_path / "run")], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 2, run.stderr

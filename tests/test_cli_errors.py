@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from bgtutorial import demo, experiments
-from bgtutorial.train import load_config, main
+from bgtutorial.cli import main
+from bgtutorial.config import load_config
 from bgtutorial.utils import device
 
 BAD_FIELDS = [("batch_size", "0"), ("batch_size", "-12"), ("lr", "inf"), ("lr", "nan"), ("lr", "0"),
@@ -106,11 +107,11 @@ def test_other_image_sizes_name_the_reason(capsys, tmp_path):
 
 def _bad_preset(monkeypatch, tmp_path, text: str) -> None:
     """A package whose configs/ folder holds ``bad.toml`` with ``text`` (and nothing else)."""
-    from bgtutorial import train as train_module
+    from bgtutorial import config as config_module
 
     (tmp_path / "pkg" / "configs").mkdir(parents=True)
     (tmp_path / "pkg" / "configs" / "bad.toml").write_text(text)
-    monkeypatch.setattr(train_module.resources, "files", lambda package: tmp_path / "pkg")
+    monkeypatch.setattr(config_module.resources, "files", lambda package: tmp_path / "pkg")
 
 
 @pytest.mark.parametrize("text,expect", [

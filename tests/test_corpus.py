@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bgtutorial.data import corpus, glyphs
+from bgtutorial.data import corpus, glyph_classes, glyphs
 from bgtutorial.models import GLYPH_WEIGHTS
 
 SHIPPED = json.loads(GLYPH_WEIGHTS.with_suffix(".json").read_text())["characters"]
@@ -29,9 +29,9 @@ def _naive_far_share(a: np.ndarray, b: np.ndarray, radius: float) -> float:
 def test_leakage_distances_match_a_naive_loop_over_faces_and_stretches():
     chars, classes = ["∪", "⊂", "→"], ["U", "C", "x"]
     got = corpus.leakage_distances(chars, classes)
-    light = [f for f in glyphs.FACES if not f.bold]
-    ma, pa = glyphs.reference_masks(chars, light, glyphs.REFERENCE_SIZE, glyphs.ASPECTS)
-    mb, pb = glyphs.reference_masks(classes, light, glyphs.REFERENCE_SIZE, (1.0,))
+    light = [f for f in glyph_classes.FACES if not f.bold]
+    ma, pa = glyph_classes.reference_masks(chars, light, glyph_classes.REFERENCE_SIZE, glyph_classes.ASPECTS)
+    mb, pb = glyph_classes.reference_masks(classes, light, glyph_classes.REFERENCE_SIZE, (1.0,))
     for i in range(len(chars)):
         for j in range(len(classes)):
             best = float("inf")
@@ -39,9 +39,9 @@ def test_leakage_distances_match_a_naive_loop_over_faces_and_stretches():
                 for fb in range(len(light)):
                     if not (pa[i, fa] and pb[j, fb]):
                         continue
-                    for s in range(len(glyphs.ASPECTS)):
+                    for s in range(len(glyph_classes.ASPECTS)):
                         a, b = ma[i, fa, s].numpy(), mb[j, fb, 0].numpy()
-                        r = glyphs.LOOKALIKE_RADIUS
+                        r = glyph_classes.LOOKALIKE_RADIUS
                         best = min(best, max(_naive_far_share(a, b, r), _naive_far_share(b, a, r)))
             assert got[i, j].item() == pytest.approx(best, abs=1e-6), (chars[i], classes[j])
     assert got[0, 0] <= corpus.LEAKAGE_SHARE and got[1, 1] <= corpus.LEAKAGE_SHARE   # ∪ ~ U, ⊂ ~ C: left out
@@ -50,7 +50,7 @@ def test_leakage_distances_match_a_naive_loop_over_faces_and_stretches():
 
 def test_candidates_leave_out_retrieval_characters_and_their_decompositions():
     cands = set(corpus.corpus_candidates())
-    assert not cands & set(glyphs.candidate_characters())
+    assert not cands & set(glyph_classes.candidate_characters())
     for char in "éǅ𝐀²ⒶⅫﬁάё":                     # accented, digraph, maths bold, superscript, circled, roman numeral...
         assert char not in cands, char
     assert {"→", "∞", "♣"} <= cands             # symbols the fonts draw stay candidates
@@ -58,9 +58,9 @@ def test_candidates_leave_out_retrieval_characters_and_their_decompositions():
 
 
 def test_the_shipped_corpus_is_disjoint_from_both_halves_of_the_retrieval_split():
-    classes = list(glyphs.select_classes().classes)
-    train, test = glyphs.split_classes(classes)
-    banned = set(glyphs.candidate_characters()) | set(classes)
+    classes = list(glyph_classes.select_classes().classes)
+    train, test = glyph_classes.split_classes(classes)
+    banned = set(glyph_classes.candidate_characters()) | set(classes)
     assert len(SHIPPED) >= 1000 and len(set(SHIPPED)) == len(SHIPPED)
     for half in (train, test):
         assert not set(SHIPPED) & set(half)
@@ -68,7 +68,7 @@ def test_the_shipped_corpus_is_disjoint_from_both_halves_of_the_retrieval_split(
         assert dist.min().item() > corpus.LEAKAGE_SHARE, SHIPPED[int(dist.min(1).values.argmin())]
     for char in SHIPPED:
         assert not set(unicodedata.normalize("NFKD", char)) & banned, char
-        assert len(glyphs.faces_of(char)) >= glyphs.MIN_FACES, char
+        assert len(glyph_classes.faces_of(char)) >= glyph_classes.MIN_FACES, char
 
 
 def test_the_shipped_characters_are_what_the_code_selects():
@@ -85,7 +85,7 @@ def test_build_corpus_renders_each_class_from_its_own_seed(tmp_path):
     assert corpus.build_corpus(chars, tmp_path, per_class=4, progress=False) == path          # cached
     again = torch.load(corpus.build_corpus(chars[1:], tmp_path / "b", per_class=4, progress=False), weights_only=True)
     assert torch.equal(again["images"], data["images"][4:])                                 # per-class seeds
-    crops = [glyphs._crop(f.file, c) for f, c in glyphs.faces_of("♣")]
+    crops = [glyph_classes._crop(f.file, c) for f, c in glyph_classes.faces_of("♣")]
     retrieval_seed, _ = glyphs.render_class(crops, 4, seed=0 * 1_000_003 + ord("♣"))
     assert not torch.equal(retrieval_seed, data["images"][4:8])                            # not the retrieval seeds
     with pytest.raises(ValueError, match="no bundled face"):

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from bgtutorial.checkpoint import config_diff, config_dict
-from bgtutorial.train import (OCCLUDE_SIDE, CorruptedImages, build_splits, corrupt_image, corrupt_plan,
-                              load_config)
+from bgtutorial.config import load_config
+from bgtutorial.data.perturb import OCCLUDE_SIDE, CorruptedImages, corrupt_image, corrupt_plan
+from bgtutorial.data.splits import build_splits
 
 
 def _item(ds, i, seed=123):

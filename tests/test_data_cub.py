@@ -15,7 +15,7 @@ from PIL import Image
 
 from bgtutorial.data import (CUB200, CUBDataError, download_cub, fake_cub_url, make_fake_cub,
                              eval_transform, train_transform)
-from bgtutorial.data.cub import CUB_FOLDER, METADATA_FILES
+from bgtutorial.data.cub_archive import CUB_FOLDER, METADATA_FILES
 
 
 def test_fake_archive_has_official_layout(fake_archive):
@@ -249,7 +249,7 @@ def test_extraction_runs_through_the_standard_data_filter(tmp_path):
 
 
 def test_the_filter_alone_refuses_what_the_official_archive_lacks(tmp_path):
-    from bgtutorial.data.cub import _cub_filter
+    from bgtutorial.data.cub_archive import _cub_filter
 
     for bad in ATTACKS.values():
         info = bad[0][0]                                  # the first member of each attack is the bad one
@@ -590,9 +590,9 @@ def test_an_archive_that_expands_far_beyond_its_size_is_refused(tmp_path):
 
 
 def test_an_archive_with_too_many_members_is_refused(tmp_path, monkeypatch):
-    from bgtutorial.data import cub
+    from bgtutorial.data import cub_archive
 
-    monkeypatch.setattr(cub, "MAX_MEMBERS", 5)
+    monkeypatch.setattr(cub_archive, "MAX_MEMBERS", 5)
     root = tmp_path / "data"
     _archive(root, *(_member(f"CUB_200_2011/images/{i}.jpg", data=b"x") for i in range(10)))
     with pytest.raises(CUBDataError, match="expands to more than 5 members"):
@@ -641,7 +641,9 @@ def test_a_png_bomb_named_jpg_is_refused_in_one_line(tmp_path, fake_cub_root):
 
 def test_a_bad_jpeg_in_a_loader_worker_gives_one_line(tmp_path, capsys):
     """num_workers > 0: the worker's error came back with its 30-line traceback inside the message."""
-    from bgtutorial.train import build_splits, load_config, main
+    from bgtutorial.cli import main
+    from bgtutorial.config import load_config
+    from bgtutorial.data.splits import build_splits
 
     args = dict(out=str(tmp_path / "run"), data_root=str(tmp_path / "data"), epochs=1, num_workers=1,
                 eval_nmi=False, progress=False)

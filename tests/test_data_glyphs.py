@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from bgtutorial.data import glyphs as G
 from bgtutorial.data import GlyphsRetrieval
+from bgtutorial.data import glyph_classes as GC
+from bgtutorial.data import glyphs as G
 from bgtutorial.metrics import recall_at_k
 from bgtutorial.utils import UserError
 
-FACE = {f.name: f for f in G.FACES}
+FACE = {f.name: f for f in GC.FACES}
 
 
 @pytest.fixture(scope="session")
 def selection():
-    return G.select_classes()
+    return GC.select_classes()
 
 
 @pytest.fixture(scope="session")
@@ -31,32 +32,32 @@ def small_root(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------ coverage
 def test_faces_are_matplotlibs_own_files():
-    for face in G.FACES:
-        assert (G.font_dir() / face.file).is_file(), face
-    assert str(G.font_dir()).replace("\\", "/").endswith("mpl-data/fonts/ttf")
+    for face in GC.FACES:
+        assert (GC.font_dir() / face.file).is_file(), face
+    assert str(GC.font_dir()).replace("\\", "/").endswith("mpl-data/fonts/ttf")
 
 
 def test_coverage_reads_names_in_tex_faces_and_code_points_elsewhere():
-    assert G.glyph_code(FACE["DejaVu Sans"], "A") == 0x41
-    assert G.glyph_code(FACE["Computer Modern Roman"], "Γ") == 0xA1          # TeX's OT1 slot for Gamma
-    assert G.glyph_code(FACE["Computer Modern Math Italic"], "α") == 0xAE
-    assert G.glyph_code(FACE["Computer Modern Math Italic"], "0") is None     # old-style figures do not count
-    assert G.glyph_code(FACE["Computer Modern Roman"], "Ж") is None           # no Cyrillic in Computer Modern
-    assert G.glyph_code(FACE["STIX General"], "ա") is None                    # no Armenian in STIX
-    assert G.glyph_code(FACE["DejaVu Sans"], " ") is None                     # a glyph without ink
-    assert G.glyph_names("ς") >= {"sigma1", "uni03C2"} and "lambda" in G.glyph_names("λ")
+    assert GC.glyph_code(FACE["DejaVu Sans"], "A") == 0x41
+    assert GC.glyph_code(FACE["Computer Modern Roman"], "Γ") == 0xA1          # TeX's OT1 slot for Gamma
+    assert GC.glyph_code(FACE["Computer Modern Math Italic"], "α") == 0xAE
+    assert GC.glyph_code(FACE["Computer Modern Math Italic"], "0") is None     # old-style figures do not count
+    assert GC.glyph_code(FACE["Computer Modern Roman"], "Ж") is None           # no Cyrillic in Computer Modern
+    assert GC.glyph_code(FACE["STIX General"], "ա") is None                    # no Armenian in STIX
+    assert GC.glyph_code(FACE["DejaVu Sans"], " ") is None                     # a glyph without ink
+    assert GC.glyph_names("ς") >= {"sigma1", "uni03C2"} and "lambda" in GC.glyph_names("λ")
 
 
 def test_every_drawn_glyph_is_real_and_not_the_notdef_box(selection):
     """A rendering that equals the face's .notdef box (what an unmapped private-use code point
     draws) would be a face pretending to have the character."""
-    for face in G.FACES:
-        notdef = G._crop(face.file, 0xE000 + 17) if not face.tex else None
+    for face in GC.FACES:
+        notdef = GC._crop(face.file, 0xE000 + 17) if not face.tex else None
         for char in selection.classes:
             for f, code in selection.faces[char]:
                 if f != face:
                     continue
-                crop = G._crop(face.file, code)
+                crop = GC._crop(face.file, code)
                 assert crop is not None and crop.max() > 0
                 if notdef is not None:
                     assert crop.shape != notdef.shape or not np.array_equal(crop, notdef), (face.name, char)
@@ -75,13 +76,13 @@ def _chamfer_loop(a: torch.Tensor, b: torch.Tensor, radius: float) -> float:
 
 def test_lookalike_distances_match_a_loop_reference():
     chars, faces = ["E", "F", "Ж"], [FACE["DejaVu Serif"], FACE["Computer Modern Roman"]]
-    got = G.lookalike_distances(chars, faces, aspects=(1.0,))
-    masks, present = G.reference_masks(chars, faces, aspects=(1.0,))
+    got = GC.lookalike_distances(chars, faces, aspects=(1.0,))
+    masks, present = GC.reference_masks(chars, faces, aspects=(1.0,))
     for f in range(len(faces)):
         for a in range(len(chars)):
             for b in range(len(chars)):
                 if present[a, f] and present[b, f]:
-                    want = _chamfer_loop(masks[a, f, 0], masks[b, f, 0], G.LOOKALIKE_RADIUS)
+                    want = _chamfer_loop(masks[a, f, 0], masks[b, f, 0], GC.LOOKALIKE_RADIUS)
                     assert got[a, b, f].item() == pytest.approx(want, abs=1e-6)
                 else:
                     assert math.isnan(got[a, b, f].item())
@@ -90,8 +91,8 @@ def test_lookalike_distances_match_a_loop_reference():
 
 def test_stretching_only_brings_pairs_closer():
     chars = ["O", "0", "D", "E", "F"]
-    plain = G.lookalike_distances(chars, aspects=(1.0,))
-    stretched = G.lookalike_distances(chars)
+    plain = GC.lookalike_distances(chars, aspects=(1.0,))
+    stretched = GC.lookalike_distances(chars)
     ok = ~plain.isnan()
     assert (stretched[ok] <= plain[ok] + 1e-6).all()
     assert torch.equal(stretched.isnan(), plain.isnan())
@@ -100,34 +101,34 @@ def test_stretching_only_brings_pairs_closer():
 
 def test_lookalikes_collapse_and_different_characters_stay():
     chars = ["A", "Α", "А", "O", "0", "l", "I", "E", "F", "Ш", "Щ", "ж"]   # Latin, Greek, Cyrillic A; ...
-    d = G.lookalike_matrix(chars)
-    share = G.LOOKALIKE_SHARE
+    d = GC.lookalike_matrix(chars)
+    share = GC.LOOKALIKE_SHARE
     assert d[0, 1] <= share and d[0, 2] <= share and d[1, 2] <= share   # the three A
     assert d[3, 4] <= share                                              # O and 0
     assert d[5, 6] <= share                                              # l and I
     assert d[7, 8] > share and d[9, 10] > share and d[0, 11] > share     # E/F, Ш/Щ, A/ж differ
-    kept, twins = G.dedupe(chars, d)
+    kept, twins = GC.dedupe(chars, d)
     assert kept == ["A", "O", "l", "E", "F", "Ш", "Щ", "ж"]
     assert twins == {"Α": "A", "А": "A", "0": "O", "I": "l"}
 
 
 def test_dedupe_keeps_the_first_and_never_two_close_ones():
     d = torch.tensor([[0.0, 0.01, 0.5], [0.01, 0.0, 0.02], [0.5, 0.02, 0.0]])
-    assert G.dedupe(["x", "y", "z"], d, share=0.03) == (["x", "z"], {"y": "x"})
-    assert G.dedupe(["x", "y", "z"], d, share=0.001) == (["x", "y", "z"], {})
+    assert GC.dedupe(["x", "y", "z"], d, share=0.03) == (["x", "z"], {"y": "x"})
+    assert GC.dedupe(["x", "y", "z"], d, share=0.001) == (["x", "y", "z"], {})
 
 
 def test_no_two_classes_look_alike_in_any_face(selection):
     """The selection's promise: over the faces that draw both, no pair of classes is within the
     look-alike share in the quantile sense, nor in any single face that draws both."""
     classes = list(selection.classes)
-    light = [f for f in G.FACES if not f.bold]
-    d = G.lookalike_distances(classes, light)                        # (K, K, F)
+    light = [f for f in GC.FACES if not f.bold]
+    d = GC.lookalike_distances(classes, light)                        # (K, K, F)
     drawn = torch.tensor([[any(f.light == face.name for f, _ in selection.faces[c]) for face in light]
                           for c in classes])                         # (K, F): the class is drawn in that style
     both = drawn[:, None, :] & drawn[None, :, :]
     off_diagonal = ~torch.eye(len(classes), dtype=torch.bool)[:, :, None]
-    close = (d <= G.LOOKALIKE_SHARE) & both & off_diagonal
+    close = (d <= GC.LOOKALIKE_SHARE) & both & off_diagonal
     pairs = [(classes[a], classes[b], light[f].name) for a, b, f in torch.nonzero(close).tolist()]
     assert not pairs, f"look-alike classes drawn in the same face: {pairs[:10]}"
     assert not set(selection.twins) & set(classes)
@@ -136,21 +137,21 @@ def test_no_two_classes_look_alike_in_any_face(selection):
 def test_about_two_hundred_classes_from_several_scripts(selection):
     assert 160 <= len(selection.classes) <= 240
     assert len(set(selection.classes)) == len(selection.classes)
-    scripts = Counter(G.script_of(c) for c in selection.classes)
-    assert set(scripts) == set(G.SCRIPTS) and min(scripts.values()) >= 5
+    scripts = Counter(GC.script_of(c) for c in selection.classes)
+    assert set(scripts) == set(GC.SCRIPTS) and min(scripts.values()) >= 5
     faces = [len(selection.faces[c]) for c in selection.classes]
-    assert min(faces) >= G.MIN_FACES
+    assert min(faces) >= GC.MIN_FACES
     assert "Α" in selection.twins and "А" in selection.twins and "A" in selection.classes
 
 
 # ---------------------------------------------------------------------------- protocol and images
 def test_split_is_fixed_disjoint_and_halves():
     classes = [chr(0x41 + i) for i in range(21)]
-    train, test = G.split_classes(classes)
-    assert (train, test) == G.split_classes(classes)
+    train, test = GC.split_classes(classes)
+    assert (train, test) == GC.split_classes(classes)
     assert not set(train) & set(test) and set(train) | set(test) == set(classes)
     assert len(train) == 11 and len(test) == 10
-    assert G.split_classes(classes, seed=1) != (train, test)
+    assert GC.split_classes(classes, seed=1) != (train, test)
 
 
 def test_dataset_protocol_shapes_and_names(small_root):
@@ -165,7 +166,7 @@ def test_dataset_protocol_shapes_and_names(small_root):
         x, y = ds[5]
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
         assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and isinstance(y, int)
-        assert len(ds.faces) == len(ds) and set(ds.faces) <= {f.name for f in G.FACES}
+        assert len(ds.faces) == len(ds) and set(ds.faces) <= {f.name for f in GC.FACES}
     # several faces per class even in a small subset (a seeded face order per class)
     assert all(len({f for f, t in zip(test.faces, test.targets) if t == c}) >= 4 for c in range(10))
 
@@ -179,7 +180,7 @@ def test_raw_pixels_retrieve_poorly(small_root):
 
 
 def test_rendering_is_deterministic_and_seeded():
-    crops = [G._crop(f.file, code) for f, code in G.faces_of("Ж")]
+    crops = [GC._crop(f.file, code) for f, code in GC.faces_of("Ж")]
     a, fa = G.render_class(crops, 12, seed=3)
     b, fb = G.render_class(crops, 12, seed=3)
     c, _ = G.render_class(crops, 12, seed=4)
@@ -193,7 +194,7 @@ def test_rendering_is_deterministic_and_seeded():
 
 def test_images_vary_in_colour_and_position():
     """The nuisances act: mean colours and ink centroids spread over the images of one class."""
-    crops = [G._crop(f.file, code) for f, code in G.faces_of("A")]
+    crops = [GC._crop(f.file, code) for f, code in GC.faces_of("A")]
     imgs, _ = G.render_class(crops, 40, seed=0)
     x = imgs.float() / 255
     assert x.mean((2, 3)).std(0).min() > 0.08                         # background colour varies per channel
@@ -217,7 +218,8 @@ def test_cache_is_reused_and_keyed_by_parameters(tmp_path, monkeypatch):
 
 
 def test_cache_key_follows_the_rendering_code():
-    assert G._SOURCE == open(G.__file__, "rb").read()                 # the module hashes its own source
+    # the cache hashes the code that decides the images: the choice of classes, then the rendering
+    assert G._SOURCE == open(GC.__file__, "rb").read() + open(G.__file__, "rb").read()
     key = G._fingerprint({"a": 1})
     assert G._fingerprint({"a": 1}) == key and G._fingerprint({"a": 2}) != key
     assert G._fingerprint({"a": 1}, source=G._SOURCE + b"\n# a changed renderer\n") != key
@@ -234,14 +236,16 @@ def test_bad_arguments_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="split"):
         GlyphsRetrieval("val", root=tmp_path)
     with pytest.raises(ValueError, match="num_classes"):
-        G.select_classes(num_classes=10_000)
+        GC.select_classes(num_classes=10_000)
     with pytest.raises(ValueError, match="per_class"):
         G.build_glyphs(tmp_path, per_class=1)
 
 
 # ------------------------------------------------------------------------------ the trainer's side
 def test_glyphs_is_the_default_preset_and_trains_end_to_end(tmp_path, small_root):
-    from bgtutorial.train import Config, build_datasets, load_config, train
+    from bgtutorial.config import Config, load_config
+    from bgtutorial.data.splits import build_datasets
+    from bgtutorial.train import train
 
     assert Config().preset == "glyphs" and Config().dataset == "glyphs"
     preset = load_config("glyphs")

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 from matplotlib.text import Annotation  # noqa: E402
 
-from bgtutorial.diagrams import arrow, bgformer_block_diagram, box  # noqa: E402
+from bgtutorial.plots.diagrams import arrow, bgformer_block_diagram, box  # noqa: E402
 
 
 def _boxes(fig):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bgtutorial.gpucheck import batch_that_fits, estimate_train_gib
-from bgtutorial.train import load_config
+from bgtutorial.config import load_config
 from bgtutorial.utils import check_gpu_memory
 
 

@@ -6,7 +6,9 @@ import pytest
 
 from bgtutorial.checkpoint import config_dict, config_diff
 from bgtutorial.data import MPerClassBatchSampler
-from bgtutorial.train import Config, build_splits, load_config, long_tail_counts, long_tailed
+from bgtutorial.config import Config, load_config
+from bgtutorial.data.perturb import long_tail_counts, long_tailed
+from bgtutorial.data.splits import build_splits
 
 
 class Labels:

@@ -9,7 +9,10 @@ import torch  # noqa: E402
 
 from bgtutorial.bgformer import BGFormer  # noqa: E402
 from bgtutorial.graph import visual_graph  # noqa: E402
-from bgtutorial.plots import class_name, compare_histories, embedding_projection, head_graphs, retrieval_gallery  # noqa: E402
+from bgtutorial.plots.attention import head_graphs  # noqa: E402
+from bgtutorial.plots.curves import compare_histories  # noqa: E402
+from bgtutorial.plots.images import class_name  # noqa: E402
+from bgtutorial.plots.retrieval import embedding_projection, retrieval_gallery  # noqa: E402
 
 
 def test_head_graphs_panels_order_and_boundaries():
@@ -84,7 +87,7 @@ def _hist_r1(r1):
 
 
 def test_robustness_curves_draw_mean_and_std_per_method():
-    from bgtutorial.plots import robustness_curves
+    from bgtutorial.plots.studies import robustness_curves
 
     study = {0.0: {"baseline": [_hist_r1(0.5), _hist_r1(0.7)], "bgformer": [_hist_r1(0.6), _hist_r1(0.6)]},
              0.4: {"baseline": [_hist_r1(0.2), _hist_r1(0.4)], "bgformer": [_hist_r1(0.5), _hist_r1(0.3)]}}
@@ -104,7 +107,7 @@ def test_robustness_curves_draw_mean_and_std_per_method():
 
 
 def test_attention_heatmap_sorts_by_class_and_draws_boundaries():
-    from bgtutorial.plots import attention_heatmap
+    from bgtutorial.plots.attention import attention_heatmap
 
     y = torch.tensor([1, 0, 1, 0, 2])
     w = torch.arange(25.0).reshape(5, 5)
@@ -122,7 +125,7 @@ def test_attention_heatmap_sorts_by_class_and_draws_boundaries():
 
 
 def test_directed_graph_draws_one_arrow_per_edge_and_marks_mutual_pairs():
-    from bgtutorial.plots import class_circle_layout, directed_graph
+    from bgtutorial.plots.attention import class_circle_layout, directed_graph
 
     adj = torch.eye(4, dtype=torch.bool)
     adj[0, 1] = adj[1, 0] = True                                      # mutual
@@ -184,7 +187,7 @@ def test_compare_histories_never_puts_losses_of_different_batches_on_one_panel()
 
 
 def test_plot_history_labels_train_and_eval_curves():
-    from bgtutorial.plots import loss_batch_note, plot_history
+    from bgtutorial.plots.curves import loss_batch_note, plot_history
 
     h = _history("batchformer", batch_size=16)
     fig = plot_history(h)
@@ -209,7 +212,7 @@ def test_plot_history_labels_train_and_eval_curves():
 
 
 def test_embedding_projections_keep_one_colour_per_class_and_name_it():
-    from bgtutorial.plots import embedding_projections
+    from bgtutorial.plots.retrieval import embedding_projections
 
     g = torch.Generator().manual_seed(0)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -223,7 +226,7 @@ def test_embedding_projections_keep_one_colour_per_class_and_name_it():
 
 
 def test_ablation_plot_draws_means_seeds_and_the_baseline():
-    from bgtutorial.plots import ablation_plot
+    from bgtutorial.plots.studies import ablation_plot
 
     fig = ablation_plot({0.0: [0.2, 0.4], 1.0: [0.5, 0.7]}, baseline=[0.3, 0.5], xlabel="λ",
                         title="glyphs-quick, 12 epochs, seeds 0 1")
@@ -239,7 +242,7 @@ def test_ablation_plot_draws_means_seeds_and_the_baseline():
 
 
 def test_poincare_figure_draws_the_ball_and_the_clip_radius():
-    from bgtutorial.plots import poincare_figure
+    from bgtutorial.plots.hyperbolic import poincare_figure
 
     fig = poincare_figure(c=0.1, clip_r=2.3, n=50)
     ball = fig.axes[1]

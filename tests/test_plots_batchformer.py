@@ -10,7 +10,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bgtutorial import BatchFormer  # noqa: E402
-from bgtutorial.plots import batch_attention, coupling_maps, seed_spread, two_stream_diagram  # noqa: E402
+from bgtutorial.plots.attention import batch_attention, coupling_maps  # noqa: E402
+from bgtutorial.plots.diagrams import two_stream_diagram  # noqa: E402
+from bgtutorial.plots.studies import seed_spread  # noqa: E402
 
 
 def texts(fig):

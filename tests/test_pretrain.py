@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from bgtutorial import pretrain as pt
 from bgtutorial.models import GLYPH_WEIGHTS, SmallCNN, build_backbone, load_glyph_weights
-from bgtutorial.train import load_config
+from bgtutorial.config import load_config
 
 
 def test_the_shipped_weights_match_their_json():

@@ -7,7 +7,7 @@ import pytest
 
 from bgtutorial import experiments
 from bgtutorial.checkpoint import config_dict, config_diff
-from bgtutorial.train import load_config
+from bgtutorial.config import load_config
 
 
 def _history(preset, folder, r1, **overrides):

@@ -4,7 +4,7 @@ import pytest
 
 from bgtutorial import experiments
 from bgtutorial.checkpoint import ConfigMismatchError, config_dict
-from bgtutorial.train import load_config
+from bgtutorial.config import load_config
 
 
 def _publish(method, seed, r1, **overrides):

@@ -11,8 +11,11 @@ from bgtutorial.data import MPerClassBatchSampler, RandomBatchSampler
 from bgtutorial.losses import poincare_distance, poincare_knn, to_poincare
 from bgtutorial.models import BATCH_MODULES, RetrievalNet, build_backbone, input_stats
 from bgtutorial.precision import Precision, resolve_precision
-from bgtutorial.train import build_model, build_splits, hyperbolic_metrics, load_checkpoint, load_config, \
-    set_trainable, train
+from bgtutorial.checkpoint import load_checkpoint
+from bgtutorial.config import load_config
+from bgtutorial.data.splits import build_splits
+from bgtutorial.evaluate import hyperbolic_metrics
+from bgtutorial.train import build_model, set_trainable, train
 from bgtutorial.utils import seed_everything
 
 TINY = dict(views=1, epochs=2, batch_size=20, m=4, steps_per_epoch=2, eval_nmi=False, progress=False, embed_dim=16)
@@ -233,7 +236,7 @@ def test_a_hyperbolic_run_is_analysed_the_way_its_history_scores_it(tmp_path):
     """embed_run and head_metrics score a hyperbolic run by Poincaré distance on the head output (and cosine on
     the backbone feature), as train() did for its last epoch; the module head of an unshared run too."""
     from bgtutorial.experiments import embed_run, head_metrics
-    from bgtutorial.train import poincare_metrics
+    from bgtutorial.evaluate import poincare_metrics
 
     cfg = load_config("digits", out=str(tmp_path), loss="hyperbolic", batch_module="bgformer", shared_head=False,
                       **{**TINY, "epochs": 1, "eval_nmi": True})
@@ -286,7 +289,7 @@ def test_module_tables_apply_to_their_module_only():
 
 
 def test_curves_skip_epochs_that_were_not_evaluated():
-    from bgtutorial.plots import plot_history
+    from bgtutorial.plots.curves import plot_history
 
     h = {"initial": {"R@1": 0.1, "MAP@R": 0.01}, "steps": [{"loss": 1.0}, {"loss": 0.5}],
          "epochs": [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5, "R@1": 0.4, "MAP@R": 0.1}]}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import bgtutorial
-from bgtutorial.train import Config, load_config
+from bgtutorial.config import Config, load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 FIELDS = {f for f in Config.__dataclass_fields__}

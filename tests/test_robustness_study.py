@@ -5,7 +5,7 @@ import pytest
 
 from bgtutorial import experiments
 from bgtutorial.checkpoint import config_dict
-from bgtutorial.train import load_config
+from bgtutorial.config import load_config
 
 
 @pytest.fixture

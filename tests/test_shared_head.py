@@ -6,7 +6,10 @@ import torch.nn.functional as F
 from bgtutorial.experiments import head_metrics
 from bgtutorial.losses import MetricLoss
 from bgtutorial.models import RetrievalNet, build_backbone, make_batch_module
-from bgtutorial.train import build_datasets, build_model, embed_dataset, load_config, train
+from bgtutorial.config import load_config
+from bgtutorial.data.splits import build_datasets
+from bgtutorial.evaluate import embed_dataset
+from bgtutorial.train import build_model, train
 
 B, E, C = 8, 16, 4
 

@@ -12,9 +12,12 @@ import pytest
 import torch
 import torchvision
 
+from bgtutorial.checkpoint import load_checkpoint
+from bgtutorial.cli import main
+from bgtutorial.config import Config, load_config
 from bgtutorial.losses import MetricLoss
 from bgtutorial.models import RetrievalNet, backbone_weights, build_backbone
-from bgtutorial.train import Config, load_checkpoint, load_config, main, train
+from bgtutorial.train import train
 
 TINY = dict(views=1, epochs=2, batch_size=20, m=4, steps_per_epoch=6, eval_nmi=False, progress=False, embed_dim=16)
 

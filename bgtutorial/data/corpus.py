@@ -7,11 +7,11 @@ that none of them is, contains or looks like a character of the retrieval task
 (:func:`pretraining_characters`):
 
 1. **Drawn by the bundled fonts**: every code point that at least :data:`MIN_FACES` of the
-   Unicode faces of :data:`~bgtutorial.data.glyphs.FACES` map to an inked glyph, of a letter,
+   Unicode faces of :data:`~bgtutorial.data.glyph_classes.FACES` map to an inked glyph, of a letter,
    number or symbol category (``L*``, ``N*``, ``S*``; no marks, punctuation, spaces, controls).
 2. **Not a candidate of the retrieval set**: none of the Latin, digit, Greek, Cyrillic,
    Armenian, Georgian or Hebrew candidates, whether it became a class or was merged into one as
-   a look-alike (:data:`~bgtutorial.data.glyphs.SCRIPTS`).
+   a look-alike (:data:`~bgtutorial.data.glyph_classes.SCRIPTS`).
 3. **No retrieval character inside it**: its compatibility decomposition (NFKD) holds none of
    those candidates, so é (e + accent), ǅ (D + ž), 𝐀 (bold A), ² (2) and Ⓐ are left out.
 4. **Not a look-alike of a retrieval class, by a stricter rule** (:func:`leakage_distances`):
@@ -21,7 +21,7 @@ that none of them is, contains or looks like a character of the retrieval task
    and keep the closest pair; a character is left out when that share is at most
    :data:`LEAKAGE_SHARE` (15 %, five times the merge threshold). ∪ (U), ⊂ (C), ∑ (Σ), ı (l) go.
 5. **One class per look-alike group inside the corpus**: the retrieval set's own merge rule
-   (:func:`~bgtutorial.data.glyphs.dedupe`, code-point order) among the characters left, so two
+   (:func:`~bgtutorial.data.glyph_classes.dedupe`, code-point order) among the characters left, so two
    pretraining classes are not the same drawing (the macron ¯ and the modifier ˉ are one class).
 
 The corpus is rendered with the very nuisances of the retrieval set
@@ -45,9 +45,10 @@ from einops import rearrange, repeat
 from tqdm.auto import tqdm
 
 from ..utils import bars_disabled
-from .glyphs import (ASPECTS, FACES, LOOKALIKE_QUANTILE, LOOKALIKE_RADIUS, LOOKALIKE_SHARE, MIN_FACES,
-                     REFERENCE_SIZE, _charmap, _crop, _one_thread, candidate_characters, dedupe, faces_of,
-                     lookalike_matrix, near_ink, reference_masks, render_class, select_classes)
+from .glyph_classes import (ASPECTS, FACES, LOOKALIKE_QUANTILE, LOOKALIKE_RADIUS, LOOKALIKE_SHARE, MIN_FACES,
+                            REFERENCE_SIZE, _charmap, _crop, candidate_characters, dedupe, faces_of, lookalike_matrix,
+                            near_ink, reference_masks, select_classes)
+from .glyphs import _one_thread, render_class
 
 __all__ = ["pretraining_characters", "corpus_candidates", "leakage_distances", "build_corpus", "LEAKAGE_SHARE",
            "CATEGORIES"]
@@ -93,7 +94,7 @@ def leakage_distances(chars: list[str], classes: list[str], radius: float = LOOK
     Entry (a, b) is the smallest, over every face of a (width-stretched by :data:`ASPECTS`) and
     every face of b, of the larger of two shares: a's ink farther than ``radius`` px from b's
     ink, and b's ink farther than ``radius`` from a's (the chamfer test of
-    :func:`~bgtutorial.data.glyphs.lookalike_distances`, at :data:`REFERENCE_SIZE` px, but
+    :func:`~bgtutorial.data.glyph_classes.lookalike_distances`, at :data:`REFERENCE_SIZE` px, but
     comparing *any* two faces rather than the same face). Regular and italic faces, as there.
     """
     light = [f for f in FACES if not f.bold]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .cub import CUB_ARCHIVE, CUB_FOLDER, _writable_root
+from .cub_archive import CUB_ARCHIVE, CUB_FOLDER, _writable_root
 
 __all__ = ["make_fake_cub", "fake_cub_url"]
 

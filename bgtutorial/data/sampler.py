@@ -5,15 +5,20 @@ random state, so an epoch cannot be replayed from a seed, and a run killed mid-e
 cannot resume at the exact batch it stopped at. This sampler is a pure function of
 ``(seed, epoch)``, can start at any batch (``start_batch``) and can give each rank its
 share of every global batch (``rank``/``world_size``, for DistributedDataParallel).
+
+:class:`SeededBatches` and :class:`SeededSamples` carry that determinism into the augmentation:
+each sample's random transform is seeded by its position in the global batch, so a resumed run,
+worker processes and N ranks all augment a sample the same way.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import Dataset, Sampler
 
-__all__ = ["MPerClassBatchSampler", "RandomBatchSampler"]
+__all__ = ["MPerClassBatchSampler", "RandomBatchSampler", "SeededBatches", "SeededSamples"]
 
 
 class _ReplayableBatchSampler(Sampler[list[int]]):
@@ -130,3 +135,44 @@ class RandomBatchSampler(_ReplayableBatchSampler):
             order = rng.permutation(self.num_samples)
             batches += [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(per_pass)]
         return batches[:self.num_batches]
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that ``ds[(index, seed)]`` runs its random transform under ``seed``.
+
+    The augmentation of a sample then depends only on where it stands in the epoch, not on
+    worker processes or on where a resumed run started; the caller's RNG is left untouched.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class SeededBatches:
+    """Turns a batch sampler's index lists into ``(index, seed)`` lists for :class:`SeededSamples`.
+
+    A sample's seed depends on its position in the *global* batch, so one process and N ranks
+    (each holding a slice) augment every sample identically.
+    """
+
+    def __init__(self, sampler: MPerClassBatchSampler, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+        self.offset = sampler.rank * (sampler.batch_size // sampler.world_size)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        s = self.sampler
+        for b, batch in enumerate(iter(s), start=s.start_batch):
+            base = ((self.seed * 1_000_003 + s.epoch) * 1_000_003 + b) * 10_007
+            yield [(i, (base + self.offset + j) % 2**62) for j, i in enumerate(batch)]

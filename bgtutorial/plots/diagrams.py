@@ -1,15 +1,16 @@
-"""Block diagrams drawn with matplotlib: boxes, arrows and the tensor shapes between them.
+"""The methods drawn as boxes and arrows, with the tensor shapes between them.
 
 Two generic helpers, :func:`box` and :func:`arrow`, in data coordinates of an axis with its frame
-turned off, and the figures built from them: :func:`bgformer_block_diagram` (one BGFormer block,
-``bgtutorial.bgformer``; docs/method.md, section 3).
+turned off, and the figures built from them: :func:`two_stream_diagram` (BatchFormer's training and
+test paths, notebook 02) and :func:`bgformer_block_diagram` (one BGFormer block,
+``bgtutorial.bgformer``; docs/method.md, section 3; notebook 04).
 """
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch
 
-__all__ = ["box", "arrow", "bgformer_block_diagram"]
+__all__ = ["box", "arrow", "two_stream_diagram", "bgformer_block_diagram"]
 
 #: colours of the two paths of a BGFormer block and of the training-only part
 VISUAL, SEMANTIC, TRAINING, NEUTRAL = "tab:green", "tab:purple", "tab:orange", "0.3"
@@ -134,5 +135,75 @@ def bgformer_block_diagram(lam: float | None = None, k: int | None = None, heads
             va="top", color="0.45")
     ax.set_title(f"One BGFormer block (pre-norm): B samples of width D, {h_txt} heads, {k_txt} kept keys per "
                  f"query, {lam_txt} mixes the paths; blocks stack (depth)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def two_stream_diagram(shared_head: bool = True) -> plt.Figure:
+    """BatchFormer's training path (top) and test path (bottom), drawn as boxes and arrows.
+
+    Training: the pooled features X (B, D) of a batch go two ways, untouched (the plain stream, blue)
+    and through the module M (the module stream, orange); the loss sees both halves of the doubled
+    batch. ``shared_head=True`` (the paper's design): one head h and one set of proxies for both
+    streams. ``False`` (our ablation): the module stream has its own head h' and proxies P'. Test
+    (bottom, green): one image at a time, no module; only h is used, so with ``shared_head=False``
+    the module stream's head h' is left behind.
+    """
+    plain, module, test = "tab:blue", "tab:orange", "tab:green"
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    ax.set_xlim(-0.3, 12.6)
+    ax.set_ylim(-0.2, 6.4)
+    ax.axis("off")
+    ax.text(-0.2, 6.2, "training (a batch of B images, labels y)", fontsize=9, weight="bold", va="top")
+    ax.text(-0.2, 2.2, "test (one image at a time, no labels)", fontsize=9, weight="bold", va="top")
+    ax.axhline(2.4, color="0.8", lw=0.8)
+    # training: images -> backbone -> X, then two streams
+    box(ax, (0.8, 4.0), "B images", "0.3", width=1.3)
+    box(ax, (2.8, 4.0), "backbone\n(+ pooling)", "0.3")
+    arrow(ax, (1.45, 4.0), (1.95, 4.0), "0.3")
+    ax.plot([3.65, 4.1], [4.0, 4.0], color="0.3", lw=1.4)
+    ax.text(3.8, 4.12, "X (B, D)", fontsize=7, ha="right", va="bottom")
+    ax.plot([4.1, 4.1, 4.6], [4.0, 5.0, 5.0], color=plain, lw=1.4)       # the plain stream
+    ax.plot([4.1, 4.1], [4.0, 3.0], color=module, lw=1.4)                 # the module stream
+    box(ax, (5.7, 3.0), "BatchFormer M\n(attention over\nthe batch)", module, height=0.95)
+    arrow(ax, (4.1, 3.0), (4.85, 3.0), module)
+    if shared_head:
+        box(ax, (8.4, 4.0), "shared head h\n(D → E, L2)", "0.2", height=0.8)
+        ax.plot([4.6, 7.0], [5.0, 5.0], color=plain, lw=1.4)
+        arrow(ax, (7.0, 5.0), (7.8, 4.4), plain)
+        ax.text(5.8, 5.08, "plain half: X, untouched", fontsize=7, color=plain, ha="center", va="bottom")
+        ax.plot([6.55, 7.0], [3.0, 3.0], color=module, lw=1.4)
+        arrow(ax, (7.0, 3.0), (7.8, 3.6), module)
+        ax.text(7.05, 2.85, "module half: M(X)", fontsize=7, color=module, ha="left", va="top")
+        box(ax, (11.2, 4.0), "one loss on 2B rows\nℓ(h([X; M(X)]), [y; y])\nproxies P", "0.2", width=2.5,
+             height=1.05)
+        arrow(ax, (9.25, 4.0), (9.95, 4.0), "0.2")
+    else:
+        box(ax, (8.4, 5.0), "head h\n(D → E, L2)", plain, height=0.8)
+        box(ax, (8.4, 3.0), "module head h'\n(D → E, L2)", module, height=0.8)
+        arrow(ax, (4.6, 5.0), (7.55, 5.0), plain)
+        ax.text(5.8, 5.08, "plain half: X, untouched", fontsize=7, color=plain, ha="center", va="bottom")
+        arrow(ax, (6.55, 3.0), (7.55, 3.0), module)
+        ax.text(7.05, 3.08, "M(X)", fontsize=7, color=module, ha="center", va="bottom")
+        box(ax, (11.2, 5.0), "ℓ(h(X), y)\nproxies P", plain, width=2.3, height=0.8)
+        box(ax, (11.2, 3.0), "ℓ'(h'(M(X)), y)\nown proxies P'", module, width=2.3, height=0.8)
+        arrow(ax, (9.25, 5.0), (10.05, 5.0), plain)
+        arrow(ax, (9.25, 3.0), (10.05, 3.0), module)
+        ax.text(11.2, 4.0, "loss = ½ ℓ + ½ ℓ'", ha="center", va="center", fontsize=8)
+    # test: image -> backbone -> h -> embedding; the module (and h') are not used
+    y = 0.8
+    box(ax, (0.8, y), "1 image", "0.3", width=1.3)
+    box(ax, (2.8, y), "backbone\n(+ pooling)", test)
+    arrow(ax, (1.45, y), (1.95, y), test)
+    box(ax, (5.7, 1.6), "M: dropped at test", "0.6", width=1.9, height=0.45, dashed=True)
+    box(ax, (8.4, y), "head h\n(the trained one)", test, height=0.8)
+    arrow(ax, (3.65, y), (7.55, y), test)
+    ax.text(5.7, y - 0.12, "x (1, D): never went through M", fontsize=7, color=test, ha="center", va="top")
+    box(ax, (11.2, y), "embedding (E)\n→ nearest neighbours", test, width=2.3)
+    arrow(ax, (9.25, y), (10.05, y), test)
+    if not shared_head:
+        ax.text(8.4, 0.05, "h' is left behind: it only ever saw M(X)", ha="center", fontsize=7, color=module)
+    ax.set_title("BatchFormer, " + ("shared head (the paper's design)" if shared_head
+                                     else "unshared head (our ablation)"), fontsize=10)
     fig.tight_layout()
     return fig
