@@ -253,3 +253,26 @@ def test_poincare_figure_draws_the_ball_and_the_clip_radius():
     norms = torch.tensor(clipped.get_offsets()).norm(dim=1)
     assert (norms <= clip_image + 1e-9).all() and (norms > clip_image - 1e-6).any()   # on or inside the clip image
     plt.close(fig)
+
+
+def test_study_figures_draw_chance_every_level_and_a_zero_based_axis():
+    """Chance as a line, a tick for every level that was run, and no y-axis that blows 0.01 up into a trend."""
+    from bgtutorial.plots.studies import ablation_plot, robustness_curves, seed_spread
+
+    def h(r1):
+        return {"epochs": [{"R@1": r1}]}
+
+    study = {lv: {"baseline": [h(0.50 - lv / 10), h(0.51 - lv / 10)], "bgformer": [h(0.505 - lv / 10)] * 2}
+             for lv in (0.0, 0.2, 0.4)}
+    fig = robustness_curves(study, chance=0.02)
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [0.0, 0.2, 0.4]
+    assert ax.get_ylim()[0] == 0.0
+    assert any(list(line.get_ydata()) == [0.02, 0.02] for line in ax.get_lines())
+    assert any("chance" in t.get_text() for t in ax.get_legend().get_texts())
+    narrow = robustness_curves(study, from_zero=False).axes[0]
+    assert narrow.get_ylim()[0] > 0.3                     # the opt-out keeps matplotlib's tight axis
+    for fig in (seed_spread({"clean": {"baseline": [0.5, 0.51]}}, "R@1", chance=0.02),
+                ablation_plot({"0.5": [0.5, 0.52]}, baseline=[0.5, 0.51], chance=0.02)):
+        assert any(list(line.get_ydata()) == [0.02, 0.02] for line in fig.axes[0].get_lines())
+    plt.close("all")

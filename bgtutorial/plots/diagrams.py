@@ -52,6 +52,31 @@ def _line(ax: plt.Axes, xs: list[float], ys: list[float], color: str = NEUTRAL, 
     ax.plot(xs, ys, color=color, lw=1.4, ls=ls, solid_capstyle="butt")
 
 
+def _ffn_and_training(ax: plt.Axes, y0: float) -> None:
+    """The block's second half (LN, FFN, residual, output) and the training-only row under it."""
+    # second half: LN, FFN, residual, output
+    box(ax, (11.05, y0), "LN", width=0.6, height=0.55)
+    arrow(ax, (10.36, y0), (10.7, y0))
+    box(ax, (12.55, y0), "FFN\nD → 4D → D\nGELU", width=1.55, height=0.95)
+    arrow(ax, (11.4, y0), (11.72, y0))
+    box(ax, (13.75, y0), "+", width=0.42, height=0.42, fontsize=10)
+    arrow(ax, (13.38, y0), (13.49, y0))
+    _line(ax, [10.53, 10.53, 13.75], [y0, 3.05, 3.05])              # second residual: around the FFN
+    arrow(ax, (13.75, 3.05), (13.75, y0 - 0.27))
+    box(ax, (14.7, y0), "BGF(X, y)\n(B, D)", width=1.05, height=0.75)
+    arrow(ax, (14.01, y0), (14.12, y0))
+    # training only: the doubled batch through one shared head
+    _line(ax, [14.7, 14.7, 10.05], [y0 - 0.42, 1.75, 1.75], TRAINING)
+    arrow(ax, (10.05, 1.75), (10.05, 1.22), TRAINING)
+    box(ax, (10.05, 0.85), "training: [X; BGF(X, y)]\n(2B, D)", TRAINING, width=2.1, height=0.65)
+    box(ax, (12.3, 0.85), "shared head h\n(D → E, L2)", TRAINING, width=1.45, height=0.65)
+    arrow(ax, (11.15, 0.85), (11.52, 0.85), TRAINING)
+    box(ax, (14.35, 0.85), "loss on [y; y]\n(plain half + module half)", TRAINING, width=1.85, height=0.65)
+    arrow(ax, (13.08, 0.85), (13.38, 0.85), TRAINING)
+    ax.text(12.2, 0.1, "test: no labels, the block is skipped; h embeds X alone", fontsize=7, ha="center",
+            va="top", color="0.45")
+
+
 def bgformer_block_diagram(lam: float | None = None, k: int | None = None, heads: int | None = None) -> plt.Figure:
     """One BGFormer block (pre-norm), with the shape of every tensor, and how training uses it.
 
@@ -112,27 +137,7 @@ def bgformer_block_diagram(lam: float | None = None, k: int | None = None, heads
     arrow(ax, (10.1, 6.75), (10.1, y0 + 0.27))
     ax.text(5.4, 6.82, "residual: X + λ·P_v(visual) + (1 − λ)·P_s(semantic)", fontsize=7, ha="center",
             va="bottom", color=NEUTRAL)
-    # second half: LN, FFN, residual, output
-    box(ax, (11.05, y0), "LN", width=0.6, height=0.55)
-    arrow(ax, (10.36, y0), (10.7, y0))
-    box(ax, (12.55, y0), "FFN\nD → 4D → D\nGELU", width=1.55, height=0.95)
-    arrow(ax, (11.4, y0), (11.72, y0))
-    box(ax, (13.75, y0), "+", width=0.42, height=0.42, fontsize=10)
-    arrow(ax, (13.38, y0), (13.49, y0))
-    _line(ax, [10.53, 10.53, 13.75], [y0, 3.05, 3.05])              # second residual: around the FFN
-    arrow(ax, (13.75, 3.05), (13.75, y0 - 0.27))
-    box(ax, (14.7, y0), "BGF(X, y)\n(B, D)", width=1.05, height=0.75)
-    arrow(ax, (14.01, y0), (14.12, y0))
-    # training only: the doubled batch through one shared head
-    _line(ax, [14.7, 14.7, 10.05], [y0 - 0.42, 1.75, 1.75], TRAINING)
-    arrow(ax, (10.05, 1.75), (10.05, 1.22), TRAINING)
-    box(ax, (10.05, 0.85), "training: [X; BGF(X, y)]\n(2B, D)", TRAINING, width=2.1, height=0.65)
-    box(ax, (12.3, 0.85), "shared head h\n(D → E, L2)", TRAINING, width=1.45, height=0.65)
-    arrow(ax, (11.15, 0.85), (11.52, 0.85), TRAINING)
-    box(ax, (14.35, 0.85), "loss on [y; y]\n(plain half + module half)", TRAINING, width=1.85, height=0.65)
-    arrow(ax, (13.08, 0.85), (13.38, 0.85), TRAINING)
-    ax.text(12.2, 0.1, "test: no labels, the block is skipped; h embeds X alone", fontsize=7, ha="center",
-            va="top", color="0.45")
+    _ffn_and_training(ax, y0)
     ax.set_title(f"One BGFormer block (pre-norm): B samples of width D, {h_txt} heads, {k_txt} kept keys per "
                  f"query, {lam_txt} mixes the paths; blocks stack (depth)", fontsize=10)
     fig.tight_layout()

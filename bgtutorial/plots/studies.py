@@ -12,13 +12,14 @@ __all__ = ["seed_spread", "robustness_curves", "ablation_plot"]
 
 
 def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, title: str = "",
-                ax: plt.Axes | None = None, legend: bool = True) -> plt.Figure:
+                ax: plt.Axes | None = None, legend: bool = True, chance: float | None = None) -> plt.Figure:
     """Mean ± standard deviation over seeds, with every seed as a dot.
 
     ``values[group][method]`` holds one number per seed (e.g. final R@1); groups (conditions such as
     "balanced", "long-tailed") go along the x-axis, methods side by side within a group, one
     colour each. The legend (right of the axes; ``legend=False`` leaves it out, e.g. on all but
-    one panel) says how many seeds each method has; one seed draws no error bar.
+    one panel) says how many seeds each method has; one seed draws no error bar. ``chance``: the
+    metric of a random ranking, drawn as a red dotted line.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(values), 3.4))
@@ -42,6 +43,7 @@ def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, titl
                     label=f"{method} (mean ± std, {seeds} seed{'s' if seeds != '1' else ''})")
     ax.set_xticks(range(len(values)), list(values), fontsize=8)
     ax.set_xlim(-0.5, len(values) - 0.5)                         # room for the outer groups' labels
+    _chance_line(ax, chance)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     if legend:
@@ -52,13 +54,16 @@ def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, titl
 
 
 def robustness_curves(study: dict, metric: str = "R@1", xlabel: str = "share of training labels flipped",
-                      title: str | None = None, ax: plt.Axes | None = None) -> plt.Figure:
+                      title: str | None = None, ax: plt.Axes | None = None, chance: float | None = None,
+                      from_zero: bool = True) -> plt.Figure:
     """Final-epoch ``metric`` against the corruption level, one line per method, mean ± std over seeds.
 
     ``study`` is ``{level: {method: [history per seed]}}`` as ``experiments.robustness_study``
     returns. Error bars are the sample standard deviation over seeds (none with one seed); the
     methods are nudged sideways a little so their bars do not hide each other. The legend names
-    each method and its number of seeds.
+    each method and its number of seeds. Every level of ``study`` gets a tick. ``chance``: the metric
+    of a random ranking, a red dotted line. ``from_zero`` (default) starts the y-axis at 0, so that a
+    difference of 0.01 between points reads as the small thing it is, not as a trend.
     """
     levels = sorted(study)
     methods = list(dict.fromkeys(m for lv in levels for m in study[lv]))
@@ -83,6 +88,9 @@ def robustness_curves(study: dict, metric: str = "R@1", xlabel: str = "share of 
     ax.set_xticks(levels, [f"{lv:g}" for lv in levels])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test {metric} (unseen classes)")
+    _chance_line(ax, chance)
+    if from_zero:
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1e-3))
     ax.set_title(title or f"{metric}: mean ± std over seeds", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -91,12 +99,13 @@ def robustness_curves(study: dict, metric: str = "R@1", xlabel: str = "share of 
 
 
 def ablation_plot(results: dict, baseline: Sequence[float] | None = None, xlabel: str = "value",
-                  metric: str = "R@1", title: str = "") -> plt.Figure:
+                  metric: str = "R@1", title: str = "", chance: float | None = None) -> plt.Figure:
     """One metric against an ablated value: ``results[value]`` is the list of final values over seeds.
 
     Each seed is a dot, the mean ± standard deviation over seeds a bar (a single seed is labelled as
     such, without a bar); ``baseline`` (values over the same seeds, same budget) is drawn as a
     horizontal line with its spread as a band. ``title`` should state the budget (preset, epochs, seeds).
+    ``chance``: the metric of a random ranking, a red dotted line.
     """
     keys = list(results)
     xs = np.arange(len(keys))
@@ -113,6 +122,7 @@ def ablation_plot(results: dict, baseline: Sequence[float] | None = None, xlabel
         ax.axhline(b, color="tab:gray", ls="--", label=f"baseline, same budget ({len(baseline)} seed{'s' if len(baseline) > 1 else ''})")
         if bs:
             ax.axhspan(b - bs, b + bs, color="tab:gray", alpha=0.15)
+    _chance_line(ax, chance)
     ax.set_xticks(xs, [str(k) for k in keys])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric} (unseen test classes, last epoch)")
@@ -120,3 +130,9 @@ def ablation_plot(results: dict, baseline: Sequence[float] | None = None, xlabel
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _chance_line(ax: plt.Axes, chance: float | None) -> None:
+    """A red dotted horizontal line at ``chance`` (nothing for ``None``), labelled for the legend."""
+    if chance is not None:
+        ax.axhline(chance, color="tab:red", ls=":", lw=1.2, label=f"chance ({chance:.3f})", zorder=1)
