@@ -23,7 +23,10 @@ def test_poincare_distance_matches_mobius_formula():
         for j in range(3):
             ref = 2 / math.sqrt(c) * math.atanh(math.sqrt(c) * float(mobius_add(-x[i], y[j], c).norm()))
             assert float(d[i, j]) == pytest.approx(ref, rel=1e-4)
-    assert torch.allclose(poincare_distance(x, x, c).diagonal(), torch.zeros(5), atol=2e-3)
+    # d(x, x) = 0 up to float32 cancellation: the expanded squared norm of (-x)⊕x is a difference of
+    # O(1) terms, so it keeps a rounding residue of order 1e-7; the square root turns that into ~3e-4,
+    # and 2/√c ≈ 6.3 into ~2e-3 (2.6e-3 measured with one BLAS thread, below 2e-3 with two)
+    assert torch.allclose(poincare_distance(x, x, c).diagonal(), torch.zeros(5), atol=5e-3)
 
 
 def test_to_poincare_stays_in_the_ball_and_clips():
