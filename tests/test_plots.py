@@ -270,6 +270,9 @@ def test_study_figures_draw_chance_every_level_and_a_zero_based_axis():
     assert ax.get_ylim()[0] == 0.0
     assert any(list(line.get_ydata()) == [0.02, 0.02] for line in ax.get_lines())
     assert any("chance" in t.get_text() for t in ax.get_legend().get_texts())
+    single = robustness_curves({0.0: study[0.0]}).axes[0]   # one level: its methods stay close together
+    xs = [x for line in single.get_lines() for x in line.get_xdata()]
+    assert max(xs) - min(xs) < 0.05 * (single.get_xlim()[1] - single.get_xlim()[0])
     narrow = robustness_curves(study, from_zero=False).axes[0]
     assert narrow.get_ylim()[0] > 0.3                     # the opt-out keeps matplotlib's tight axis
     for fig in (seed_spread({"clean": {"baseline": [0.5, 0.51]}}, "R@1", chance=0.02),

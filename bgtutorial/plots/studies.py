@@ -89,8 +89,9 @@ def robustness_curves(study: dict, metric: str = "R@1", xlabel: str = "share of 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test {metric} (unseen classes)")
     _chance_line(ax, chance)
+    ax.set_xlim(levels[0] - 0.15 * span, levels[-1] + 0.15 * span)   # one level: a window around it
     if from_zero:
-        ax.set_ylim(0, max(ax.get_ylim()[1], 1e-3))
+        ax.set_ylim(0, max(ax.get_ylim()[1] * 1.05, 1e-3))          # headroom: no marker cut at the top
     ax.set_title(title or f"{metric}: mean ± std over seeds", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
