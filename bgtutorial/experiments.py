@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -27,11 +26,13 @@ from .checkpoint import (HISTORY_FILE, ConfigMismatchError, check_config, load_c
 from .models import BATCH_MODULES
 from .config import load_config
 from .train import train
+from .stats import paired_summary, paired_table, paired_verdict, summarise
 from .utils import CLI_ERRORS, bars_disabled, error_line
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
-           "publish_history", "optimiser_steps", "paired_summary", "paired_table", "published_study", "paired_verdict"]
+           "publish_history", "optimiser_steps", "paired_summary", "paired_table", "published_study", "paired_verdict",
+           "published_stem", "variant_flags", "variant_dir", "VARIANTS", "MODULE_VARIANTS"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -81,26 +82,38 @@ def run_folder(runs_dir: str | Path, preset: str, method: str, seed: int, label_
 PUBLISHED = Path(__file__).parent / "published"
 
 
-def published_history(preset: str, folder: str | Path, **overrides: Any) -> dict[str, Any] | None:
-    """The shipped history of the run ``folder`` would hold, or ``None`` when none was shipped.
-
-    Looked up by the folder's name in :data:`PUBLISHED` and returned only when its config is the one
-    asked for (``load_config(preset, **overrides)``); a shipped history of another config (the
-    preset changed since it was measured) is ignored with a warning naming the fields.
-    """
-    cfg = load_config(preset, out=str(folder), **overrides)
-    path = PUBLISHED / f"{published_name(folder, cfg.imbalance, cfg.shared_head)}.json"
+def _shipped(cfg, folder: str | Path, strict: bool, publish: str = "") -> dict[str, Any] | None:
+    """The shipped history of ``folder`` for ``cfg``: the one lookup behind :func:`published_history`
+    (``strict=False``: ``None`` when missing, of another config or unfinished, with a warning for
+    another config) and :func:`published_study` (``strict=True``: those raise, ``publish`` says how)."""
+    path = PUBLISHED / f"{published_stem(folder, cfg)}.json"
     if not path.is_file():
+        if strict:
+            raise FileNotFoundError(f"no shipped history {path.name} in {PUBLISHED}: {publish}")
         return None
     h = json.loads(path.read_text())
     try:
         check_config(h["config"], cfg, f"the shipped history {path.name}")
     except ConfigMismatchError as err:
-        warnings.warn(f"{err}: not used, the run is trained instead", stacklevel=2)
+        if strict:
+            raise
+        warnings.warn(f"{err}: not used, the run is trained instead", stacklevel=3)
         return None
     if len(h["epochs"]) < cfg.epochs:
+        if strict:
+            raise ValueError(f"the shipped history {path.name} has {len(h['epochs'])} of {cfg.epochs} epochs: {publish}")
         return None
     return h
+
+
+def published_history(preset: str, folder: str | Path, **overrides: Any) -> dict[str, Any] | None:
+    """The shipped history of the run ``folder`` would hold, or ``None`` when none was shipped.
+
+    Looked up by :func:`published_stem` in :data:`PUBLISHED` and returned only when its config is the
+    one asked for (``load_config(preset, **overrides)``); a shipped history of another config (the
+    preset changed since it was measured) is ignored with a warning naming the fields.
+    """
+    return _shipped(load_config(preset, out=str(folder), **overrides), folder, strict=False)
 
 
 def published_study(preset: str, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0,),
@@ -121,27 +134,64 @@ def published_study(preset: str, methods: Sequence[str] = tuple(METHODS), seeds:
             folder = run_folder("runs", preset, method, seed, label_noise, corrupt)
             cfg = load_config(preset, out=str(folder), seed=seed, batch_module=METHODS[method],
                               label_noise=label_noise, corrupt=corrupt, **overrides)
-            path = PUBLISHED / f"{published_name(folder, cfg.imbalance, cfg.shared_head)}.json"
-            publish = (f"train it with compare(..., published=False) or `python -m bgtutorial.experiments --preset "
-                       f"{preset} --methods {method} --seeds {seed} --noise {label_noise:g}"
-                       + (f" --imbalance {cfg.imbalance:g}" if cfg.imbalance != 1.0 else "") + " --publish`")
-            if not path.is_file():
-                raise FileNotFoundError(f"no shipped history {path.name} in {PUBLISHED}: {publish}")
-            h = json.loads(path.read_text())
-            check_config(h["config"], cfg, f"the shipped history {path.name}")
-            if len(h["epochs"]) < cfg.epochs:
-                raise ValueError(f"the shipped history {path.name} has {len(h['epochs'])} of {cfg.epochs} epochs: "
-                                 f"{publish}")
-            out.setdefault(method, []).append(h)
+            how = (f"train it with compare(..., published=False) or `python -m bgtutorial.experiments --preset "
+                   f"{preset} --methods {method} --seeds {seed} "
+                   + (f"--noise {corrupt:g} --field corrupt" if corrupt else f"--noise {label_noise:g}")
+                   + "".join(f" {flag}" for flag in variant_flags(cfg)) + " --publish`")
+            out.setdefault(method, []).append(_shipped(cfg, folder, strict=True, publish=how))
     return out
 
 
-def published_name(folder: str | Path, imbalance: float = 1.0, shared_head: bool = True) -> str:
-    """A shipped history's file stem: the run folder's name, ``-imbalance<rho>`` added for long-tailed runs
-    and ``-unshared-head`` for runs whose module stream has its own head (their folders carry the
-    same names as the plain runs', in another runs directory)."""
-    return (Path(folder).name + (f"-imbalance{imbalance:g}" if imbalance != 1.0 else "")
-            + ("" if shared_head else "-unshared-head"))
+#: the study variants a shipped history's name and ``python -m bgtutorial.experiments`` flags carry:
+#: config field -> (its plain value, name suffix, command-line flag)
+VARIANTS = {"imbalance": (1.0, "-imbalance{:g}", "--imbalance {:g}"),
+            "steps_per_epoch": (0, "", "--steps-per-epoch {}"),
+            "shared_head": (True, "-unshared-head", "--unshared-head"),
+            "plain_weight": (-1.0, "-alpha{:g}", "--plain-weight {:g}")}
+#: BGFormer options a study varies (``Config.module_kwargs``): key -> (name suffix, flag)
+MODULE_VARIANTS = {"lam": ("-lam{:g}", "--lam {:g}"), "k": ("-k{}", "--k {}")}
+
+
+def _field(config: Any, name: str, default: Any) -> Any:
+    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+
+
+def published_stem(folder: str | Path, config: Any) -> str:
+    """A shipped history's file stem: the run folder's name, then a suffix per study variant the
+    config (a ``Config`` or a history's config dict) departs from: ``-imbalance<rho>`` for long-tailed
+    runs, ``-unshared-head`` when the module stream has its own head, ``-alpha<a>`` for a weighted
+    plain half (``plain_weight``), ``-lam<l>`` / ``-k<K>`` for BGFormer's λ and K. Runs of a variant
+    carry the same folder names as the plain runs', in another runs directory."""
+    stem = Path(folder).name
+    for name, (plain, suffix, _) in VARIANTS.items():
+        value = _field(config, name, plain)
+        if value != plain and suffix:
+            stem += suffix.format(value) if "{" in suffix else suffix
+    kwargs = _field(config, "module_kwargs", {}) or {}
+    for key, (suffix, _) in MODULE_VARIANTS.items():
+        if key in kwargs:
+            stem += suffix.format(kwargs[key])
+    return stem
+
+
+def variant_flags(config: Any) -> list[str]:
+    """The ``python -m bgtutorial.experiments`` flags that train ``config``'s study variant."""
+    flags = []
+    for name, (plain, _, flag) in VARIANTS.items():
+        value = _field(config, name, plain)
+        if value != plain:
+            flags.append(flag.format(value) if "{" in flag else flag)
+    kwargs = _field(config, "module_kwargs", {}) or {}
+    flags += [flag.format(kwargs[key]) for key, (_, flag) in MODULE_VARIANTS.items() if key in kwargs]
+    return flags
+
+
+def variant_dir(runs_dir: str | Path, config: Any) -> Path:
+    """Where :func:`main` trains a study variant: ``runs_dir`` for the plain runs, else a subfolder named
+    by the variant (``<runs>/imbalance10-steps51``, ``<runs>/alpha0.01``, ``<runs>/lam1``)."""
+    parts = [flag.lstrip("-").replace(" ", "").replace("steps-per-epoch", "steps").replace("plain-weight", "alpha")
+             for flag in variant_flags(config)]
+    return Path(runs_dir).joinpath("-".join(parts)) if parts else Path(runs_dir)
 
 
 def optimiser_steps(history: dict[str, Any]) -> int:
@@ -331,68 +381,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last.pt", dev=None):
     return cfg, net.eval()
 
 
-def paired_summary(treatment: Sequence[float], baseline: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """The paired comparison of two methods run with the same seeds: per-seed differences treatment − baseline.
-
-    Args:
-        treatment, baseline: one value per seed (e.g. the final R@1), index i of both from seed i.
-        confidence: of the two-sided Student-t interval on the mean difference.
-    Returns:
-        ``{"mean", "low", "high", "n", "std", "differences"}``: the mean difference, its interval
-        ``mean ± t_{(1+confidence)/2, n-1} · std / sqrt(n)`` (std of the differences, n − 1 in the
-        denominator) and the n differences. A claim is "supported" when the interval excludes 0.
-    """
-    from scipy import stats   # the Student-t quantile
-
-    if len(treatment) != len(baseline):
-        raise ValueError(f"paired values need one per seed on both sides: got {len(treatment)} treatment and "
-                         f"{len(baseline)} baseline values (run every method with the same seeds)")
-    if len(treatment) < 2:
-        raise ValueError(f"an interval needs at least 2 paired seeds, got {len(treatment)}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    diffs = [float(t) - float(b) for t, b in zip(treatment, baseline)]
-    n, mean, std = len(diffs), statistics.mean(diffs), statistics.stdev(diffs)
-    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / n ** 0.5
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "std": std, "differences": diffs}
-
-
-def paired_verdict(treatment: Sequence[float], baseline: Sequence[float], name: str = "treatment − baseline",
-                   metric: str = "R@1", confidence: float = 0.95, min_seeds: int = 5) -> str:
-    """The project's rule read out in one sentence: :func:`paired_summary`'s mean and interval, then
-    "supported" when the interval excludes 0, else what the interval allows.
-
-    ``treatment``, ``baseline``: one value per seed, index i of both from seed i. With one seed there
-    is no interval and the sentence says so; with fewer than ``min_seeds`` seeds it adds that the
-    comparison is below the rule's bar.
-    """
-    n = len(treatment)
-    if n < 2:
-        diffs = ", ".join(f"{float(t) - float(b):+.3f}" for t, b in zip(treatment, baseline))
-        return (f"{name}, {metric}: {n} seed (difference {diffs or 'none'}), no interval: the rule needs at least "
-                f"{min_seeds} paired seeds")
-    s = paired_summary(treatment, baseline, confidence)
-    text = (f"{name}, {metric}: mean {s['mean']:+.3f}, {confidence:.0%} interval [{s['low']:+.3f}, {s['high']:+.3f}] "
-            f"over {n} paired seeds: ")
-    if s["low"] > 0 or s["high"] < 0:
-        text += f"supported ({'higher' if s['mean'] > 0 else 'lower'} across the whole interval)"
-    else:
-        text += f"the interval holds 0, so no difference is supported; it allows any difference from {s['low']:+.3f} to {s['high']:+.3f}"
-    if n < min_seeds:
-        text += f" (n = {n}, below the rule's {min_seeds} seeds: a pointer, not a finding)"
-    return text
-
-
-def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> dict[str, tuple[float, float, int]]:
-    """``{method: (mean, std, n)}`` of the final-epoch metric over seeds (std 0 for one seed)."""
-    out = {}
-    for method, hs in results.items():
-        vals = [h["epochs"][-1][metric] for h in hs]
-        out[method] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bgtutorial.experiments", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="glyphs")
@@ -403,21 +392,66 @@ def main(argv: list[str] | None = None) -> int:
                    help="label_noise: share of labels flipped; corrupt: share of training images corrupted")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--imbalance", type=float, default=None,
-                   help="long-tailed training classes, rho = n_max / n_min (runs go to <runs>/imbalance<rho>)")
+    v = p.add_argument_group("study variants (each run goes to a subfolder of --runs named by the variant, and its "
+                             "shipped history's name says the variant)")
+    v.add_argument("--imbalance", type=float, default=None,
+                   help="long-tailed training classes, rho = n_max / n_min")
+    v.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="optimiser steps per epoch (0: one pass over the training set); with --imbalance, the "
+                        "balanced run's count gives equal optimiser steps")
+    v.add_argument("--unshared-head", action="store_true", help="the module stream gets its own head and loss")
+    v.add_argument("--plain-weight", type=float, default=None,
+                   help="alpha: loss = alpha L(plain) + (1 - alpha) L(module) (default: one loss over both halves)")
+    v.add_argument("--lam", type=float, default=None, help="BGFormer's lambda (visual vs label path)")
+    v.add_argument("--k", type=int, default=None, help="BGFormer's K (keys kept per query)")
     p.add_argument("--publish", action="store_true",
                    help="also write each finished run's history (no weights, no per-step losses) into the "
-                        "package's published/ folder, where compare(..., published=True) finds it")
+                        "package's published/ folder, where compare(..., published=True) finds it; each run is "
+                        "published as soon as it finishes")
     p.add_argument("--force", action="store_true",
                    help="retrain runs whose folder holds another config (their run files are deleted)")
-    a = p.parse_args(argv)
-    extra = {"epochs": a.epochs} if a.epochs is not None else {}
-    runs = a.runs
-    if a.imbalance is not None:
-        extra["imbalance"] = a.imbalance
-        runs = str(Path(a.runs) / f"imbalance{a.imbalance:g}")
+    return p
+
+
+def _overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides the command line asks for (study variants and budget)."""
+    extra: dict[str, Any] = {}
+    for field, value in (("epochs", a.epochs), ("imbalance", a.imbalance), ("steps_per_epoch", a.steps_per_epoch),
+                         ("plain_weight", a.plain_weight)):
+        if value is not None:
+            extra[field] = value
+    if a.unshared_head:
+        extra["shared_head"] = False
+    module = {key: value for key, value in (("lam", a.lam), ("k", a.k)) if value is not None}
+    if module:
+        extra["module_kwargs"] = module
+    return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    extra = _overrides(a)
+    if "module_kwargs" in extra and set(a.methods) != {"bgformer"}:
+        print("error: --lam and --k are BGFormer's options: run them with --methods bgformer (the other methods' "
+              "runs are the plain study's)", file=sys.stderr)
+        return 2
+    runs = str(variant_dir(a.runs, extra))
+    command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
+    study: dict[float, dict[str, list[dict[str, Any]]]] = {}
     try:
-        study = robustness_study(a.preset, runs, a.noise, a.seeds, a.methods, field=a.field, force=a.force, **extra)
+        for level in a.noise:
+            for method in a.methods:
+                for seed in a.seeds:
+                    res = compare(a.preset, runs, (method,), (seed,), progress=False, force=a.force,
+                                  **{a.field: level}, **extra)
+                    h = res[method][0]
+                    study.setdefault(level, {}).setdefault(method, []).append(h)
+                    print(f"{a.preset} {method} {a.field}={level:g} seed {seed}: R@1 {h['epochs'][-1]['R@1']:.3f}",
+                          flush=True)
+                    if a.publish:
+                        folder = run_folder(runs, a.preset, method, seed, **{a.field: level})
+                        print("published", publish_history(h, published_stem(folder, h["config"]), command, dest=PUBLISHED),
+                              flush=True)
     except CLI_ERRORS as err:
         print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
@@ -425,15 +459,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: run the same command again (without --force): finished runs are loaded, the "
               "interrupted one resumes from its last.pt", file=sys.stderr)
         return 130
-    if a.publish:
-        command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
-        for noise, res in study.items():
-            for m, hs in res.items():
-                for h in hs:
-                    folder = run_folder(runs, a.preset, m, h["config"]["seed"], **{a.field: noise})
-                    print("published", publish_history(h, published_name(folder, h["config"].get("imbalance", 1.0),
-                                                                               h["config"].get("shared_head", True)),
-                                                       command))
     print(f"| preset | {a.field.replace('_', ' ')} | method | R@1 mean ± std | MAP@R mean ± std | seeds |")
     print("|---|---|---|---|---|---|")
     for noise, res in study.items():
@@ -443,29 +468,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{mapr[m][0]:.3f} ± {mapr[m][1]:.3f} | {r1[m][2]} |")
     print(paired_table(study, a.field))
     return 0
-
-
-def paired_table(study: dict[float, dict[str, list[dict[str, Any]]]], field: str = "label_noise",
-                 metrics: Sequence[str] = ("R@1", "MAP@R")) -> str:
-    """A markdown table of each method − baseline, paired by seed (:func:`paired_summary`, 95 %), per level
-    of ``field``; "supported" where the interval excludes 0. Empty when there is no baseline or one seed."""
-    rows = []
-    for level, res in study.items():
-        if "baseline" not in res or len(res["baseline"]) < 2:
-            continue
-        for m, hs in res.items():
-            if m == "baseline":
-                continue
-            cells = []
-            for metric in metrics:
-                s = paired_summary([h["epochs"][-1][metric] for h in hs], [h["epochs"][-1][metric] for h in res["baseline"]])
-                verdict = "supported" if s["low"] > 0 or s["high"] < 0 else "interval holds 0"
-                cells.append(f"{s['mean']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] ({verdict})")
-            rows.append(f"| {level:g} | {m} − baseline | " + " | ".join(cells) + f" | {len(hs)} |")
-    if not rows:
-        return ""
-    head = f"| {field.replace('_', ' ')} | paired by seed | " + " | ".join(f"{m}: mean [95 % t-interval]" for m in metrics)
-    return "\n".join([head + " | seeds |", "|---|---|" + "---|" * len(metrics) + "---|", *rows])
 
 
 if __name__ == "__main__":

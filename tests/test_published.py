@@ -36,7 +36,7 @@ def _publish(tmp_path, method, seed, r1, noise=0.0, **overrides):
     folder = experiments.run_folder(tmp_path / "elsewhere", "digits", method, seed, noise)
     h = _history("digits", folder, r1, seed=seed, batch_module=experiments.METHODS[method], label_noise=noise,
                  **overrides)
-    name = experiments.published_name(folder, h["config"]["imbalance"], h["config"]["shared_head"])
+    name = experiments.published_stem(folder, h["config"])
     return experiments.publish_history(h, name, "test", dest=experiments.PUBLISHED)
 
 
@@ -114,12 +114,17 @@ def test_every_shipped_history_matches_its_preset_today(path):
     c = h["config"]
     folder = experiments.run_folder("runs", c["preset"], "baseline" if c["batch_module"] == "none" else c["batch_module"],
                                     c["seed"], c["label_noise"], c.get("corrupt", 0.0))
-    assert path.stem == experiments.published_name(folder, c.get("imbalance", 1.0), c.get("shared_head", True))
-    # long-tailed runs keep the balanced runs' number of steps: an explicit steps_per_epoch override
+    assert path.stem == experiments.published_stem(folder, c)
+    # a study variant (long tail at the balanced runs' steps, unshared head, alpha, lambda, K) is an
+    # explicit override that the file name spells out; nothing else may differ from the preset
+    variant = {k: c[k] for k, (plain, _, _) in experiments.VARIANTS.items() if c.get(k, plain) != plain}
+    module = c.get("module_kwargs") or {}
+    assert set(module) <= set(experiments.MODULE_VARIANTS), f"{path.name}: module options its name does not say"
+    if module:
+        variant["module_kwargs"] = module
     steps = {"steps_per_epoch": c["steps_per_epoch"]} if c.get("imbalance", 1.0) != 1.0 else {}
     cfg = load_config(c["preset"], out=str(folder), seed=c["seed"], batch_module=c["batch_module"],
-                      label_noise=c["label_noise"], corrupt=c.get("corrupt", 0.0), imbalance=c.get("imbalance", 1.0),
-                      shared_head=c.get("shared_head", True), **steps)
+                      label_noise=c["label_noise"], corrupt=c.get("corrupt", 0.0), **variant)
     assert config_diff(c, cfg) == {}
     assert len(h["epochs"]) == cfg.epochs and h["epochs"][-1]["epoch"] == cfg.epochs
     assert 0.0 <= h["epochs"][-1]["R@1"] <= 1.0 and "steps" not in h and h["published"]["command"]

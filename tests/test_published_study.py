@@ -12,7 +12,7 @@ def _publish(method, seed, r1, **overrides):
     cfg = load_config("digits", out=str(folder), seed=seed, batch_module=experiments.METHODS[method], **overrides)
     h = {"config": config_dict(cfg), "device": "cpu", "initial": {},
          "epochs": [{"epoch": e + 1, "R@1": r1, "MAP@R": r1 / 4} for e in range(cfg.epochs)], "steps": [{"loss": 1.0}]}
-    return experiments.publish_history(h, experiments.published_name(folder, cfg.imbalance, cfg.shared_head), "test",
+    return experiments.publish_history(h, experiments.published_stem(folder, cfg), "test",
                                        dest=experiments.PUBLISHED)
 
 
@@ -72,3 +72,50 @@ def test_paired_verdict_follows_the_rule():
     assert "MAP@R" in mixed and "holds 0" in mixed and f"from {s['low']:+.3f} to {s['high']:+.3f}" in mixed
     one = experiments.paired_verdict([0.5], [0.4])
     assert "1 seed (difference +0.100), no interval" in one
+
+
+def test_a_shipped_name_spells_every_study_variant_and_the_flags_retrain_it():
+    """The name, the command-line flags and the runs subfolder come from one table (VARIANTS): each
+    variant gets its own file, so a study of λ never reads the λ = 0.5 runs as its own."""
+    folder = experiments.run_folder("runs", "glyphs", "bgformer", 3, 0.2)
+    plain = load_config("glyphs", out=str(folder), batch_module="bgformer")
+    assert experiments.published_stem(folder, plain) == "glyphs-bgformer-noise0.2-seed3"
+    assert experiments.variant_flags(plain) == [] and experiments.variant_dir("runs/study", plain).name == "study"
+    cases = [({"imbalance": 10.0, "steps_per_epoch": 51}, "-imbalance10", ["--imbalance 10", "--steps-per-epoch 51"],
+              "imbalance10-steps51"),
+             ({"shared_head": False}, "-unshared-head", ["--unshared-head"], "unshared-head"),
+             ({"plain_weight": 0.01}, "-alpha0.01", ["--plain-weight 0.01"], "alpha0.01"),
+             ({"module_kwargs": {"lam": 1.0}}, "-lam1", ["--lam 1"], "lam1"),
+             ({"module_kwargs": {"k": 16}}, "-k16", ["--k 16"], "k16")]
+    names = set()
+    for overrides, suffix, flags, subdir in cases:
+        cfg = load_config("glyphs", out=str(folder), batch_module="bgformer", **overrides)
+        stem = experiments.published_stem(folder, cfg)
+        assert stem == "glyphs-bgformer-noise0.2-seed3" + suffix
+        assert stem == experiments.published_stem(folder, config_dict(cfg))      # a history's config dict too
+        assert experiments.variant_flags(cfg) == flags
+        assert experiments.variant_dir("runs/study", cfg) == experiments.Path("runs/study") / subdir
+        names.add(stem)
+    assert len(names) == len(cases)
+
+
+def test_the_command_line_trains_and_publishes_a_variant_that_published_study_reads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(experiments, "PUBLISHED", tmp_path / "published")
+    argv = ["--preset", "smoke", "--runs", str(tmp_path / "runs"), "--seeds", "0", "1", "--epochs", "1",
+            "--lam", "1", "--k", "4", "--publish"]
+    assert experiments.main(argv + ["--methods", "baseline", "bgformer"]) == 2     # λ and K are BGFormer's options
+    assert "--lam and --k are BGFormer's options" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert experiments.main(argv + ["--methods", "bgformer"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[:4]] == ["smoke", "published", "smoke", "published"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "lam1-k4").iterdir()) == [
+        "smoke-bgformer-noise0-seed0", "smoke-bgformer-noise0-seed1"]
+    shipped = sorted(p.name for p in (tmp_path / "published").iterdir())
+    assert shipped == ["smoke-bgformer-noise0-seed0-lam1-k4.json", "smoke-bgformer-noise0-seed1-lam1-k4.json"]
+    study = experiments.published_study("smoke", ("bgformer",), seeds=[0, 1], epochs=1,
+                                        module_kwargs={"lam": 1.0, "k": 4})
+    assert [h["config"]["module_kwargs"] for h in study["bgformer"]] == [{"lam": 1.0, "k": 4}] * 2
+    assert "--lam 1 --k 4" in study["bgformer"][0]["published"]["command"]
+    with pytest.raises(FileNotFoundError, match=r"--lam 0.5 --publish"):    # another λ is another study
+        experiments.published_study("smoke", ("bgformer",), seeds=[0], epochs=1, module_kwargs={"lam": 0.5})

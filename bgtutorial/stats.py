@@ -1,0 +1,94 @@
+"""The one statistical rule of the tutorials: methods run with the same seeds are compared through
+their per-seed differences (a paired Student-t interval); a claim is "supported" only when the
+interval excludes 0. ``bgtutorial.experiments`` re-exports these for the notebooks.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Sequence
+
+__all__ = ["paired_summary", "paired_verdict", "paired_table", "summarise"]
+
+
+def paired_summary(treatment: Sequence[float], baseline: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """The paired comparison of two methods run with the same seeds: per-seed differences treatment − baseline.
+
+    Args:
+        treatment, baseline: one value per seed (e.g. the final R@1), index i of both from seed i.
+        confidence: of the two-sided Student-t interval on the mean difference.
+    Returns:
+        ``{"mean", "low", "high", "n", "std", "differences"}``: the mean difference, its interval
+        ``mean ± t_{(1+confidence)/2, n-1} · std / sqrt(n)`` (std of the differences, n − 1 in the
+        denominator) and the n differences. A claim is "supported" when the interval excludes 0.
+    """
+    from scipy import stats   # the Student-t quantile
+
+    if len(treatment) != len(baseline):
+        raise ValueError(f"paired values need one per seed on both sides: got {len(treatment)} treatment and "
+                         f"{len(baseline)} baseline values (run every method with the same seeds)")
+    if len(treatment) < 2:
+        raise ValueError(f"an interval needs at least 2 paired seeds, got {len(treatment)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    diffs = [float(t) - float(b) for t, b in zip(treatment, baseline)]
+    n, mean, std = len(diffs), statistics.mean(diffs), statistics.stdev(diffs)
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / n ** 0.5
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "std": std, "differences": diffs}
+
+
+def paired_verdict(treatment: Sequence[float], baseline: Sequence[float], name: str = "treatment − baseline",
+                   metric: str = "R@1", confidence: float = 0.95, min_seeds: int = 5) -> str:
+    """The project's rule read out in one sentence: :func:`paired_summary`'s mean and interval, then
+    "supported" when the interval excludes 0, else what the interval allows.
+
+    ``treatment``, ``baseline``: one value per seed, index i of both from seed i. With one seed there
+    is no interval and the sentence says so; with fewer than ``min_seeds`` seeds it adds that the
+    comparison is below the rule's bar.
+    """
+    n = len(treatment)
+    if n < 2:
+        diffs = ", ".join(f"{float(t) - float(b):+.3f}" for t, b in zip(treatment, baseline))
+        return (f"{name}, {metric}: {n} seed (difference {diffs or 'none'}), no interval: the rule needs at least "
+                f"{min_seeds} paired seeds")
+    s = paired_summary(treatment, baseline, confidence)
+    text = (f"{name}, {metric}: mean {s['mean']:+.3f}, {confidence:.0%} interval [{s['low']:+.3f}, {s['high']:+.3f}] "
+            f"over {n} paired seeds: ")
+    if s["low"] > 0 or s["high"] < 0:
+        text += f"supported ({'higher' if s['mean'] > 0 else 'lower'} across the whole interval)"
+    else:
+        text += f"the interval holds 0, so no difference is supported; it allows any difference from {s['low']:+.3f} to {s['high']:+.3f}"
+    if n < min_seeds:
+        text += f" (n = {n}, below the rule's {min_seeds} seeds: a pointer, not a finding)"
+    return text
+
+
+def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> dict[str, tuple[float, float, int]]:
+    """``{method: (mean, std, n)}`` of the final-epoch metric over seeds (std 0 for one seed)."""
+    out = {}
+    for method, hs in results.items():
+        vals = [h["epochs"][-1][metric] for h in hs]
+        out[method] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+    return out
+
+
+def paired_table(study: dict[float, dict[str, list[dict[str, Any]]]], field: str = "label_noise",
+                 metrics: Sequence[str] = ("R@1", "MAP@R")) -> str:
+    """A markdown table of each method − baseline, paired by seed (:func:`paired_summary`, 95 %), per level
+    of ``field``; "supported" where the interval excludes 0. Empty when there is no baseline or one seed."""
+    rows = []
+    for level, res in study.items():
+        if "baseline" not in res or len(res["baseline"]) < 2:
+            continue
+        for m, hs in res.items():
+            if m == "baseline":
+                continue
+            cells = []
+            for metric in metrics:
+                s = paired_summary([h["epochs"][-1][metric] for h in hs], [h["epochs"][-1][metric] for h in res["baseline"]])
+                verdict = "supported" if s["low"] > 0 or s["high"] < 0 else "interval holds 0"
+                cells.append(f"{s['mean']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] ({verdict})")
+            rows.append(f"| {level:g} | {m} − baseline | " + " | ".join(cells) + f" | {len(hs)} |")
+    if not rows:
+        return ""
+    head = f"| {field.replace('_', ' ')} | paired by seed | " + " | ".join(f"{m}: mean [95 % t-interval]" for m in metrics)
+    return "\n".join([head + " | seeds |", "|---|---|" + "---|" * len(metrics) + "---|", *rows])
