@@ -29,6 +29,7 @@ PRESETS = ("glyphs", "glyphs-quick", "glyphs-scratch", "digits", "smoke", "cub-r
 DATASETS = ("glyphs", "digits", "fake-cub", "cub")
 MODULES = tuple(BATCH_MODULES)         # "none", "batchformer", "bgformer": listed once, in models.py
 SAMPLERS = ("m_per_class", "random")
+CORRUPT_KINDS = ("mixed", "occlude", "noise")   # Config.corrupt_kind: "mixed" or one of data.perturb.CORRUPTIONS
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Config:
     # photographs that are bad in the data set. Applied after the augmentation; the noise spans
     # each channel's own range in that image (:mod:`bgtutorial.data.perturb`: corrupt_plan, corrupt_image).
     corrupt: float = 0.0               # share p in [0, 1] of training images corrupted (0: none)
+    corrupt_kind: str = "mixed"        # mixed: the seeded coin above; noise / occlude: every corrupted image that kind
 
     def validate(self) -> "Config":
         """Raise ``ValueError`` with the fix for a config that cannot run (types and bounds:
@@ -172,6 +174,9 @@ class Config:
                              "module (batch_module='batchformer' or 'bgformer'), or leave shared_head=True")
         if not 0.0 <= self.corrupt <= 1.0:
             raise ValueError(f"corrupt must be in [0, 1] (the share of training images corrupted), got {self.corrupt}")
+        if self.corrupt_kind not in CORRUPT_KINDS:
+            raise ValueError(f"corrupt_kind must be one of {', '.join(CORRUPT_KINDS)}, got {self.corrupt_kind!r} "
+                             "(mixed: each corrupted image occluded or pure noise by a seeded coin)")
         check_bounds(self)
         return self
 

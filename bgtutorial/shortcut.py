@@ -7,8 +7,6 @@ even when the images are pure noise, while the plain half (the features used at 
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,40 +15,15 @@ from tqdm.auto import tqdm
 from .experiments import run_or_load
 from .utils import bars_disabled
 
-__all__ = ["noise_only_images", "label_shortcut_runs"]
-
-
-@contextlib.contextmanager
-def noise_only_images():
-    """While active, ``Config.corrupt`` replaces *every* image it picks by noise (no occlusions).
-
-    ``Config.corrupt = p`` normally corrupts a share p of the training images, each by a fair coin
-    either occluded or replaced by noise entirely (:func:`bgtutorial.data.perturb.corrupt_plan`). Inside
-    this context the coin has one side, ``"noise"``: with ``corrupt=1.0`` every training image is
-    pure noise (seeded per image, the same in every epoch), so the images carry no class
-    information at all. A stopgap until the config can ask for it: it swaps the kinds tuple that
-    ``corrupt_plan`` reads, and puts it back on exit (errors included). Only the plans drawn inside
-    the context (``build_splits``, hence ``train``) are affected.
-    """
-    from .data.perturb import corrupt_plan
-
-    where = sys.modules[corrupt_plan.__module__]          # the module whose CORRUPTIONS corrupt_plan reads
-    kinds = where.CORRUPTIONS
-    if "noise" not in kinds:
-        raise RuntimeError(f"{where.__name__}.CORRUPTIONS has no 'noise' kind ({kinds}); noise_only_images needs one")
-    where.CORRUPTIONS = ("noise",)
-    try:
-        yield
-    finally:
-        where.CORRUPTIONS = kinds
+__all__ = ["label_shortcut_runs"]
 
 
 def label_shortcut_runs(preset: str, runs_dir: str | Path, lams: Sequence[float] = (0.5, 1.0), seed: int = 0,
                         progress: bool = True, **overrides: Any) -> dict[float, dict[str, Any]]:
     """BGFormer trained on training images that are all pure noise, one run per λ: ``{λ: history}``.
 
-    Every training image is replaced by noise (``corrupt=1.0`` under :func:`noise_only_images`), so
-    no network can learn anything about the classes from them; the test split stays clean. Train or
+    Every training image is replaced by noise (``corrupt=1.0, corrupt_kind="noise"``: seeded per
+    image, the same in every epoch), so no network can learn anything about the classes from them; the test split stays clean. Train or
     load, in ``<runs>/<preset>-bgformer-purenoise-lam<λ>-seed<s>``. Each history's ``"steps"`` hold
     ``loss_plain`` and ``loss_module``, the loss of each half of the doubled batch: with the label
     path on (λ < 1) the module half can fall while the plain half does not (docs/method.md,
@@ -62,7 +35,6 @@ def label_shortcut_runs(preset: str, runs_dir: str | Path, lams: Sequence[float]
         kwargs = {**overrides.get("module_kwargs", {}), "lam": lam}
         extra = {k: v for k, v in overrides.items() if k != "module_kwargs"}
         folder = Path(runs_dir) / f"{preset}-bgformer-purenoise-lam{lam:g}-seed{seed}"
-        with noise_only_images():
-            out[lam] = run_or_load(preset, folder, seed=seed, batch_module="bgformer", corrupt=1.0,
-                                   module_kwargs=kwargs, progress=False, **extra)
+        out[lam] = run_or_load(preset, folder, seed=seed, batch_module="bgformer", corrupt=1.0, corrupt_kind="noise",
+                               module_kwargs=kwargs, progress=False, **extra)
     return out

@@ -53,18 +53,22 @@ CORRUPTIONS = ("occlude", "noise")
 OCCLUDE_SIDE = (0.4, 0.7)
 
 
-def corrupt_plan(n: int, share: float, seed: int) -> dict[int, str]:
+def corrupt_plan(n: int, share: float, seed: int, kind: str = "mixed") -> dict[int, str]:
     """Which of ``n`` images are corrupted and how: ``{index: "occlude" | "noise"}`` (seeded).
 
-    ``round(share * n)`` indices, drawn without replacement; each gets a kind by a fair seeded
-    coin. A pure function of (n, share, seed). ``share`` outside [0, 1] raises ``ValueError``.
+    ``round(share * n)`` indices, drawn without replacement; with ``kind="mixed"`` each gets a kind
+    by a fair seeded coin, with ``kind="noise"`` or ``"occlude"`` every one gets that kind (the same
+    indices: the coin is still drawn, then overruled). A pure function of (n, share, seed, kind).
+    ``share`` outside [0, 1] or another ``kind`` raises ``ValueError``.
     """
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"the corrupted share must be in [0, 1], got {share}")
+    if kind != "mixed" and kind not in CORRUPTIONS:
+        raise ValueError(f"kind must be 'mixed' or one of {', '.join(CORRUPTIONS)}, got {kind!r}")
     g = torch.Generator().manual_seed(20_000 + seed)
     chosen = torch.randperm(n, generator=g)[: round(share * n)]
-    kinds = torch.randint(0, len(CORRUPTIONS), (len(chosen),), generator=g)
-    return {int(i): CORRUPTIONS[int(c)] for i, c in zip(chosen, kinds)}
+    coins = torch.randint(0, len(CORRUPTIONS), (len(chosen),), generator=g)
+    return {int(i): (CORRUPTIONS[int(c)] if kind == "mixed" else kind) for i, c in zip(chosen, coins)}
 
 
 def corrupt_image(x: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
@@ -96,14 +100,15 @@ def corrupt_image(x: torch.Tensor, kind: str, seed: int) -> torch.Tensor:
 class CorruptedImages(Dataset):
     """``dataset`` with the images of :func:`corrupt_plan` corrupted (labels and ``targets`` unchanged).
 
-    ``plan`` maps index -> kind; image ``i``'s corruption is seeded by ``(seed, i)``, so it is the
+    ``plan`` maps index -> kind (``kind``: as in :func:`corrupt_plan`); image ``i``'s corruption is
+    seeded by ``(seed, i)``, so it is the
     same in every epoch (the augmentation before it still varies).
     """
 
-    def __init__(self, dataset: Dataset, share: float, seed: int) -> None:
+    def __init__(self, dataset: Dataset, share: float, seed: int, kind: str = "mixed") -> None:
         self.dataset, self.seed = dataset, seed
         self.targets = list(dataset.targets)
-        self.plan = corrupt_plan(len(dataset), share, seed)
+        self.plan = corrupt_plan(len(dataset), share, seed, kind)
 
     def __len__(self) -> int:
         return len(self.dataset)

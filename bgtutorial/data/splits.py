@@ -76,7 +76,7 @@ def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
     if cfg.imbalance != 1.0:       # long-tailed training classes; validation and test stay whole
         train = long_tailed(train, cfg.imbalance, cfg.data_seed)
     if cfg.corrupt > 0:            # seeded by data_seed: the same images for every method and training seed
-        train = CorruptedImages(train, cfg.corrupt, cfg.data_seed)
+        train = CorruptedImages(train, cfg.corrupt, cfg.data_seed, cfg.corrupt_kind)
     if cfg.label_noise > 0:
         train = NoisyLabels(train, flip_labels(train.targets, cfg.label_noise, cfg.seed))
     return train, val, test
