@@ -26,7 +26,7 @@ from .checkpoint import (HISTORY_FILE, ConfigMismatchError, check_config, load_c
 from .models import BATCH_MODULES
 from .config import load_config
 from .train import train
-from .stats import paired_summary, paired_table, paired_verdict, summarise
+from .stats import paired_summary, paired_table, paired_table_against, paired_verdict, summarise
 from .utils import CLI_ERRORS, bars_disabled, error_line
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
@@ -410,6 +410,9 @@ def _parser() -> argparse.ArgumentParser:
                         "published as soon as it finishes")
     p.add_argument("--force", action="store_true",
                    help="retrain runs whose folder holds another config (their run files are deleted)")
+    p.add_argument("--shipped", action="store_true",
+                   help="train nothing: read the histories shipped with the package and print the tables (with a "
+                        "study variant, also each method against its plain runs, paired by seed)")
     return p
 
 
@@ -435,16 +438,26 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --lam and --k are BGFormer's options: run them with --methods bgformer (the other methods' "
               "runs are the plain study's)", file=sys.stderr)
         return 2
+    if a.shipped and (a.publish or a.force):
+        print("error: --shipped reads the shipped histories and trains nothing: drop --publish and --force",
+              file=sys.stderr)
+        return 2
     runs = str(variant_dir(a.runs, extra))
     command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
     study: dict[float, dict[str, list[dict[str, Any]]]] = {}
+    plain: dict[float, dict[str, list[dict[str, Any]]]] = {}
     try:
         for level in a.noise:
             for method in a.methods:
                 for seed in a.seeds:
-                    res = compare(a.preset, runs, (method,), (seed,), progress=False, force=a.force,
-                                  **{a.field: level}, **extra)
-                    h = res[method][0]
+                    if a.shipped:
+                        h = published_study(a.preset, (method,), (seed,), **{a.field: level}, **extra)[method][0]
+                        if extra:
+                            plain.setdefault(level, {}).setdefault(method, []).append(
+                                published_study(a.preset, (method,), (seed,), **{a.field: level})[method][0])
+                    else:
+                        h = compare(a.preset, runs, (method,), (seed,), progress=False, force=a.force,
+                                    **{a.field: level}, **extra)[method][0]
                     study.setdefault(level, {}).setdefault(method, []).append(h)
                     print(f"{a.preset} {method} {a.field}={level:g} seed {seed}: R@1 {h['epochs'][-1]['R@1']:.3f}",
                           flush=True)
@@ -467,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {a.preset} | {noise:g} | {m} | {r1[m][0]:.3f} ± {r1[m][1]:.3f} | "
                   f"{mapr[m][0]:.3f} ± {mapr[m][1]:.3f} | {r1[m][2]} |")
     print(paired_table(study, a.field))
+    if plain:
+        print(f"\n{' '.join(variant_flags(extra))} against the plain runs of the same method, paired by seed:")
+        print(paired_table_against(study, plain, a.field))
     return 0
 
 

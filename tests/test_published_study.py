@@ -119,3 +119,24 @@ def test_the_command_line_trains_and_publishes_a_variant_that_published_study_re
     assert "--lam 1 --k 4" in study["bgformer"][0]["published"]["command"]
     with pytest.raises(FileNotFoundError, match=r"--lam 0.5 --publish"):    # another λ is another study
         experiments.published_study("smoke", ("bgformer",), seeds=[0], epochs=1, module_kwargs={"lam": 0.5})
+
+
+def test_shipped_prints_a_variant_against_its_plain_runs_and_trains_nothing(shelf, capsys):
+    """--shipped reads the shelf only (the fixture makes training fail) and pairs each seed's variant run
+    with the plain run of the same seed; the difference is checked by hand."""
+    plain_r1, lam_r1 = [0.50, 0.52, 0.47], [0.53, 0.56, 0.49]
+    for s, (p, t) in enumerate(zip(plain_r1, lam_r1)):
+        _publish("bgformer", s, p)
+        _publish("bgformer", s, t, module_kwargs={"lam": 1.0})
+    argv = ["--preset", "digits", "--seeds", "0", "1", "2", "--methods", "bgformer", "--lam", "1", "--shipped"]
+    assert experiments.main(argv) == 0
+    out = capsys.readouterr().out
+    diffs = [t - p for t, p in zip(lam_r1, plain_r1)]                   # +0.03, +0.04, +0.02
+    mean = sum(diffs) / 3
+    row = next(line for line in out.splitlines() if line.startswith("| 0 | bgformer |"))
+    assert f"{mean:+.3f} [" in row and "(supported)" in row and row.endswith("| 3 |")
+    assert "--lam 1 against the plain runs of the same method" in out
+    assert experiments.main(argv + ["--publish"]) == 2
+    assert "--shipped reads the shipped histories and trains nothing" in capsys.readouterr().err
+    assert experiments.main(argv[:-1] + ["--seeds", "7", "--shipped"]) == 2       # not shipped: a one-line error
+    assert "no shipped history digits-bgformer-noise0-seed7-lam1.json" in capsys.readouterr().err
