@@ -279,3 +279,30 @@ def test_study_figures_draw_chance_every_level_and_a_zero_based_axis():
                 ablation_plot({"0.5": [0.5, 0.52]}, baseline=[0.5, 0.51], chance=0.02)):
         assert any(list(line.get_ydata()) == [0.02, 0.02] for line in fig.axes[0].get_lines())
     plt.close("all")
+
+
+def test_paired_differences_draws_each_seed_and_the_interval_of_paired_summary():
+    import numpy as np
+
+    from bgtutorial.plots.studies import paired_differences
+    from bgtutorial.stats import paired_summary
+
+    base = [0.50, 0.52, 0.47, 0.55, 0.51]
+    pairs = {"A − base": paired_summary([b + d for b, d in zip(base, [0.01, 0.03, 0.02, 0.00, 0.04])], base),
+             "B − base": paired_summary([b - 0.01 for b in base], base)}
+    fig, ax = plt.subplots()
+    paired_differences(ax, pairs, "title")
+    dots = [c.get_offsets() for c in ax.collections if c.get_offsets().shape[0] == 5]
+    assert len(dots) == 2
+    for (name, s), xy in zip(pairs.items(), dots):
+        assert np.allclose(xy[:, 1], s["differences"]) and np.allclose(xy[:, 0], list(pairs).index(name))
+    bars = [c for c in ax.containers]
+    assert len(bars) == 2
+    for (name, s), bar in zip(pairs.items(), bars):
+        (x, y), = bar.lines[0].get_xydata()
+        segs = bar.lines[2][0].get_segments()[0]                        # the vertical error segment
+        assert np.isclose(y, s["mean"]) and np.allclose(sorted(segs[:, 1]), [s["low"], s["high"]])
+    zero = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert zero and np.allclose(zero[0].get_ydata(), 0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(pairs)
+    plt.close(fig)

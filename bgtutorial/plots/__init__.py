@@ -8,7 +8,7 @@
 * :mod:`~bgtutorial.plots.diagrams`: the methods as boxes and arrows (``two_stream_diagram``).
 * :mod:`~bgtutorial.plots.hyperbolic`: the Poincaré ball (``poincare_figure``).
 * :mod:`~bgtutorial.plots.studies`: results over seeds and settings (``seed_spread``, ``robustness_curves``,
-  ``ablation_plot``).
+  ``ablation_plot``, ``paired_differences``).
 
 Import a figure from its module (``from bgtutorial.plots.curves import plot_history``).
 """

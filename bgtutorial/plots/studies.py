@@ -1,5 +1,6 @@
 """Results over seeds and settings: mean ± standard deviation with every seed as a dot, robustness
-curves against a corruption level, an ablated value against the baseline.
+curves against a corruption level, an ablated value against the baseline, paired differences with
+their intervals.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["seed_spread", "robustness_curves", "ablation_plot"]
+__all__ = ["seed_spread", "robustness_curves", "ablation_plot", "paired_differences"]
 
 
 def seed_spread(values: dict[str, dict[str, Sequence[float]]], ylabel: str, title: str = "",
@@ -131,6 +132,23 @@ def ablation_plot(results: dict, baseline: Sequence[float] | None = None, xlabel
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def paired_differences(ax: plt.Axes, summaries: dict, title: str = "",
+                       ylabel: str = "difference to the baseline,\npaired by seed") -> plt.Axes:
+    """The rule's picture: per comparison, its per-seed differences (grey dots), their mean and 95 %
+    t-interval (black bar), and 0 as a red dashed line; ``summaries[name]`` is a
+    :func:`bgtutorial.stats.paired_summary`. A claim is supported where its bar misses the line."""
+    for x, (name, s) in enumerate(summaries.items()):
+        ax.scatter([x] * s["n"], s["differences"], color="0.6", s=14, zorder=2, label="one seed" if x == 0 else None)
+        ax.errorbar([x], [s["mean"]], yerr=[[s["mean"] - s["low"]], [s["high"] - s["mean"]]], fmt="o", color="black",
+                    capsize=5, zorder=3, label="mean, 95 % t-interval" if x == 0 else None)
+    ax.axhline(0, color="tab:red", lw=1, ls="--")
+    ax.set_xticks(range(len(summaries)), list(summaries), fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
 
 
 def _chance_line(ax: plt.Axes, chance: float | None) -> None:
