@@ -152,8 +152,21 @@ VARIANTS = {"imbalance": (1.0, "-imbalance{:g}", "--imbalance {:g}"),
 MODULE_VARIANTS = {"lam": ("-lam{:g}", "--lam {:g}"), "k": ("-k{}", "--k {}")}
 
 
-def _field(config: Any, name: str, default: Any) -> Any:
-    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+def _variants(config: Any) -> list[tuple[str, str]]:
+    """``(name suffix, command-line flag)`` of each study variant ``config`` (a ``Config`` or a
+    history's config dict) departs from, in :data:`VARIANTS` then :data:`MODULE_VARIANTS` order."""
+    def field(name: str, default: Any) -> Any:
+        return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+
+    out = []
+    for name, (plain, suffix, flag) in VARIANTS.items():
+        value = field(name, plain)
+        if value != plain:
+            out.append((suffix.format(value), flag.format(value)))
+    kwargs = field("module_kwargs", {}) or {}
+    out += [(suffix.format(kwargs[key]), flag.format(kwargs[key]))
+            for key, (suffix, flag) in MODULE_VARIANTS.items() if key in kwargs]
+    return out
 
 
 def published_stem(folder: str | Path, config: Any) -> str:
@@ -162,28 +175,12 @@ def published_stem(folder: str | Path, config: Any) -> str:
     runs, ``-unshared-head`` when the module stream has its own head, ``-alpha<a>`` for a weighted
     plain half (``plain_weight``), ``-lam<l>`` / ``-k<K>`` for BGFormer's λ and K. Runs of a variant
     carry the same folder names as the plain runs', in another runs directory."""
-    stem = Path(folder).name
-    for name, (plain, suffix, _) in VARIANTS.items():
-        value = _field(config, name, plain)
-        if value != plain and suffix:
-            stem += suffix.format(value) if "{" in suffix else suffix
-    kwargs = _field(config, "module_kwargs", {}) or {}
-    for key, (suffix, _) in MODULE_VARIANTS.items():
-        if key in kwargs:
-            stem += suffix.format(kwargs[key])
-    return stem
+    return Path(folder).name + "".join(suffix for suffix, _ in _variants(config))
 
 
 def variant_flags(config: Any) -> list[str]:
     """The ``python -m bgtutorial.experiments`` flags that train ``config``'s study variant."""
-    flags = []
-    for name, (plain, _, flag) in VARIANTS.items():
-        value = _field(config, name, plain)
-        if value != plain:
-            flags.append(flag.format(value) if "{" in flag else flag)
-    kwargs = _field(config, "module_kwargs", {}) or {}
-    flags += [flag.format(kwargs[key]) for key, (_, flag) in MODULE_VARIANTS.items() if key in kwargs]
-    return flags
+    return [flag for _, flag in _variants(config)]
 
 
 def variant_dir(runs_dir: str | Path, config: Any) -> Path:

@@ -71,6 +71,12 @@ def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> 
     return out
 
 
+def _cell(s: dict[str, float]) -> str:
+    """One table cell of a paired_summary: mean [low, high] and the rule's verdict."""
+    verdict = "supported" if s["low"] > 0 or s["high"] < 0 else "interval holds 0"
+    return f"{s['mean']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] ({verdict})"
+
+
 def paired_table(study: dict[float, dict[str, list[dict[str, Any]]]], field: str = "label_noise",
                  metrics: Sequence[str] = ("R@1", "MAP@R")) -> str:
     """A markdown table of each method − baseline, paired by seed (:func:`paired_summary`, 95 %), per level
@@ -84,9 +90,8 @@ def paired_table(study: dict[float, dict[str, list[dict[str, Any]]]], field: str
                 continue
             cells = []
             for metric in metrics:
-                s = paired_summary([h["epochs"][-1][metric] for h in hs], [h["epochs"][-1][metric] for h in res["baseline"]])
-                verdict = "supported" if s["low"] > 0 or s["high"] < 0 else "interval holds 0"
-                cells.append(f"{s['mean']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] ({verdict})")
+                cells.append(_cell(paired_summary([h["epochs"][-1][metric] for h in hs],
+                                                  [h["epochs"][-1][metric] for h in res["baseline"]])))
             rows.append(f"| {level:g} | {m} − baseline | " + " | ".join(cells) + f" | {len(hs)} |")
     if not rows:
         return ""
@@ -106,9 +111,7 @@ def paired_table_against(study: dict[float, dict[str, list[dict[str, Any]]]],
         for method, base in res.items():
             cells = []
             for metric in metrics:
-                s = paired_summary([h["epochs"][-1][metric] for h in study[level][method]],
-                                   [h["epochs"][-1][metric] for h in base])
-                verdict = "supported" if s["low"] > 0 or s["high"] < 0 else "interval holds 0"
-                cells.append(f"{s['mean']:+.3f} [{s['low']:+.3f}, {s['high']:+.3f}] ({verdict})")
+                cells.append(_cell(paired_summary([h["epochs"][-1][metric] for h in study[level][method]],
+                                                  [h["epochs"][-1][metric] for h in base])))
             rows.append(f"| {level:g} | {method} | " + " | ".join(cells) + f" | {len(base)} |")
     return "\n".join(rows)
