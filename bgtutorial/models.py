@@ -19,9 +19,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .rng import OwnStream, module_seed as derive_module_seed
 from .utils import UserError
 
-__all__ = ["RetrievalNet", "SmallCNN", "build_backbone", "load_glyph_weights", "GLYPH_WEIGHTS", "backbone_weights", "input_stats", "BACKBONES",
+__all__ = ["RetrievalNet", "SmallCNN", "build_backbone", "load_glyph_weights", "GLYPH_WEIGHTS", "backbone_weights", "weights_record", "input_stats", "BACKBONES",
            "BATCH_MODULES", "POOLINGS", "HEAD_INITS", "make_batch_module"]
 
 BACKBONES = ("smallcnn", "resnet18", "resnet34", "resnet50", "resnet101", "vit_s16")
@@ -82,6 +83,21 @@ def load_glyph_weights(net: SmallCNN, path: str | Path = GLYPH_WEIGHTS) -> Small
                          "not the one the JSON describes; reinstall bgtutorial or run `python -m bgtutorial.pretrain`")
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net
+
+
+def weights_record(name: str, pretrained: bool) -> dict[str, str] | None:
+    """What a run's backbone starts from, for its history: ``None`` from scratch; the shipped glyph
+    weights' file name and sha256 (checked against the file when they are loaded); the torchvision or
+    timm weights' name for the ImageNet backbones."""
+    if not pretrained:
+        return None
+    if name == "smallcnn":
+        meta = GLYPH_WEIGHTS.with_suffix(".json")
+        sha = json.loads(meta.read_text())["sha256"] if meta.is_file() else "missing"
+        return {"file": GLYPH_WEIGHTS.name, "sha256": sha}
+    if name in TIMM_MODELS:
+        return {"timm": TIMM_MODELS[name]}
+    return {"torchvision": str(backbone_weights(name))}
 
 
 def backbone_weights(name: str) -> "torchvision.models.WeightsEnum":
@@ -212,6 +228,11 @@ class RetrievalNet(nn.Module):
             ``train.evaluate`` and ``experiments.embed_run``/``head_metrics`` rank the raw head
             output mapped into the ball by Poincaré distance, and the backbone feature by cosine,
             as Hyp-ViT does.
+        module_seed: the run's seed, from which the batch module's own random stream is derived
+            (:mod:`bgtutorial.rng`): the module is initialised, and its dropout drawn, from that stream,
+            so the global generator (head, proxies, everything built or drawn later) is where it would
+            be without a module and methods compared at a seed start from the same head. ``None``:
+            derived from ``torch.initial_seed()`` (the seed ``torch.manual_seed`` last set).
         shared_head: True (BatchFormer's design): one head embeds the plain and the module
             stream. False: the module stream (the second half of the doubled batch) goes through
             its own head ``module_head`` (same shape and initialisation rule), which the test-time
@@ -225,10 +246,17 @@ class RetrievalNet(nn.Module):
     def __init__(self, backbone: str = "resnet50", embed_dim: int = 512, pretrained: bool = True,
                  batch_module: str | nn.Module | None = None, batch_module_kwargs: dict | None = None,
                  normalize: bool = True, pooling: str = "avg", head_init: str = "default",
-                 shared_head: bool = True) -> None:
+                 shared_head: bool = True, module_seed: int | None = None) -> None:
         super().__init__()
         self.backbone, self.feat_dim = build_backbone(backbone, pretrained, pooling)
-        self.batch_module = make_batch_module(batch_module, self.feat_dim, **(batch_module_kwargs or {}))
+        #: the batch module's own random stream (None without a module): its init and dropout draw from it
+        self.module_stream = None
+        self.batch_module = None
+        if batch_module is not None and batch_module != "none":
+            seed = torch.initial_seed() % 2**63 if module_seed is None else module_seed
+            self.module_stream = OwnStream(derive_module_seed(seed))
+            with self.module_stream.active():
+                self.batch_module = make_batch_module(batch_module, self.feat_dim, **(batch_module_kwargs or {}))
         if head_init not in HEAD_INITS:
             raise ValueError(f"unknown head_init {head_init!r}; choose one of {', '.join(HEAD_INITS)}")
         self.head = self._new_head(embed_dim, head_init)
@@ -274,7 +302,8 @@ class RetrievalNet(nn.Module):
             f, labels = self.gather(f, labels)                       # (W·B, D): the global batch
         b = f.shape[0]
         if self.training and self.batch_module is not None:
-            f, labels = self.batch_module.augment(f, labels)         # (2B, D), (2B,)
+            with self.module_stream.active(f.device):                # the module's own random stream
+                f, labels = self.batch_module.augment(f, labels)     # (2B, D), (2B,)
         if self.module_head is None or f.shape[0] == b:
             return self.embed(f), labels                             # one head for both halves
         # unshared: plain half through the test-time head, module half through its own head

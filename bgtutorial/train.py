@@ -57,9 +57,9 @@ from .data.sampler import MPerClassBatchSampler, RandomBatchSampler, SeededBatch
 from .data.splits import build_splits
 from .evaluate import evaluate
 from .losses import MetricLoss
-from .models import RetrievalNet
+from .models import RetrievalNet, weights_record
 from .precision import Precision
-from .utils import bars_disabled, device, seed_everything
+from .utils import bars_disabled, describe_device, device, seed_everything
 
 __all__ = ["train", "build_net", "build_model", "build_optimizer", "set_trainable", "set_train_mode"]
 
@@ -70,7 +70,7 @@ def build_net(cfg: Config, with_module: bool = True, pretrained: bool | None = N
     return RetrievalNet(cfg.backbone, cfg.embed_dim, cfg.pretrained if pretrained is None else pretrained,
                         cfg.batch_module if with_module else None, cfg.module_kwargs,
                         normalize=cfg.loss != "hyperbolic", pooling=cfg.pooling, head_init=cfg.head_init,
-                        shared_head=cfg.shared_head)
+                        shared_head=cfg.shared_head, module_seed=cfg.seed)
 
 
 def build_model(cfg: Config, num_classes: int) -> tuple[RetrievalNet, MetricLoss]:
@@ -250,7 +250,8 @@ def _set_up(cfg: Config, force: bool) -> _Run:
     sampler = _batch_sampler(cfg, train_ds, rank, world_size)
     steps_per_epoch = sampler.num_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
-    history: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(dev), "precision": prec.name,
+    history: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(dev),
+                               "device_name": describe_device(dev), "precision": prec.name, "backbone_weights": weights_record(cfg.backbone, cfg.pretrained),
                                "initial": None, "epochs": [], "steps": []}
     clip_params = [p for p in model.parameters()] + criterion.proxy_parameters()
     return _Run(cfg, dev, rank, world_size, run, train_ds, val_ds, test_ds, model, criterion, net, optimizer,
@@ -316,6 +317,8 @@ def _resume(run: _Run) -> tuple[int, int]:
         torch.set_rng_state(ck["rng_cpu"])
         if run.dev.type == "cuda" and "rng_cuda" in ck:
             torch.cuda.set_rng_state(ck["rng_cuda"])
+        if run.model.module_stream is not None and "rng_module" in ck:
+            run.model.module_stream.load_state_dict(ck["rng_module"])
         history = json.loads(ck["history"])
         start_epoch, start_batch = ck["epoch"], ck["batch"]
         if not (isinstance(history, dict) and 0 <= start_epoch <= run.cfg.epochs
@@ -340,6 +343,8 @@ def _save_last(run: _Run, epoch: int, batch: int) -> None:
              "config": json.dumps(dataclasses.asdict(run.cfg))}
     if run.dev.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state()
+    if run.model.module_stream is not None:
+        state["rng_module"] = run.model.module_stream.state_dict()
     _atomic_save(state, run.folder / "last.pt")
 
 

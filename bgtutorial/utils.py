@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import platform
 import random
 import re
 import shlex
@@ -82,6 +83,15 @@ def autocast_dtype(dev: torch.device) -> torch.dtype | None:
     from .precision import resolve_precision
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[resolve_precision("auto", dev)]
+
+
+def describe_device(dev: torch.device) -> str:
+    """The machine a run trains on, in words, for its history: ``"cuda:0 (NVIDIA H200)"`` or
+    ``"cpu (x86_64, 2 cores, 1 torch thread)"``."""
+    if dev.type == "cuda":
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{idx} ({torch.cuda.get_device_name(idx)})"
+    return f"{dev.type} ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def seed_everything(seed: int) -> None:
