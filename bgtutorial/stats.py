@@ -7,7 +7,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, Sequence
 
-__all__ = ["paired_summary", "paired_verdict", "paired_table", "paired_table_against", "summarise"]
+__all__ = ["paired_summary", "paired_verdict", "paired_table", "paired_table_against", "summarise", "holm",
+           "paired_p"]
 
 
 def paired_summary(treatment: Sequence[float], baseline: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
@@ -17,9 +18,11 @@ def paired_summary(treatment: Sequence[float], baseline: Sequence[float], confid
         treatment, baseline: one value per seed (e.g. the final R@1), index i of both from seed i.
         confidence: of the two-sided Student-t interval on the mean difference.
     Returns:
-        ``{"mean", "low", "high", "n", "std", "differences"}``: the mean difference, its interval
+        ``{"mean", "low", "high", "n", "std", "differences", "p"}``: the mean difference, its interval
         ``mean ± t_{(1+confidence)/2, n-1} · std / sqrt(n)`` (std of the differences, n − 1 in the
-        denominator) and the n differences. A claim is "supported" when the interval excludes 0.
+        denominator), the n differences and ``p``, the two-sided paired-t p-value of "mean difference
+        0" (:func:`paired_p`). Alone, a claim is "supported" when the interval excludes 0; read in a
+        family, by its Holm-adjusted p (:func:`holm`, :mod:`bgtutorial.claims`).
     """
     from scipy import stats   # the Student-t quantile
 
@@ -33,7 +36,42 @@ def paired_summary(treatment: Sequence[float], baseline: Sequence[float], confid
     diffs = [float(t) - float(b) for t, b in zip(treatment, baseline)]
     n, mean, std = len(diffs), statistics.mean(diffs), statistics.stdev(diffs)
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / n ** 0.5
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "std": std, "differences": diffs}
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "std": std, "differences": diffs,
+            "p": paired_p(mean, std, n)}
+
+
+def paired_p(mean: float, std: float, n: int) -> float:
+    """The two-sided p-value of the paired t-test: ``t = mean / (std / sqrt(n))`` on n − 1 degrees of
+    freedom, ``p = 2 · P(T > |t|)``. With differences all equal (std 0) the test degenerates: p is 1
+    when they are all 0 and 0 otherwise."""
+    from scipy import stats
+
+    if n < 2:
+        raise ValueError(f"a paired t-test needs at least 2 paired seeds, got {n}")
+    if std == 0:
+        return 1.0 if mean == 0 else 0.0
+    t = mean / (std / n ** 0.5)
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+    Sort the m p-values ascending, p_(1) ≤ … ≤ p_(m); the i-th adjusted value is
+    ``max_{j ≤ i} min(1, (m − j + 1) · p_(j))``. Rejecting where the adjusted p is below α keeps the
+    chance of any false "supported" in the family at most α, whatever the dependence between claims.
+    The result is monotone in the p-values' order and capped at 1."""
+    ps = [float(p) for p in p_values]
+    for p in ps:
+        if not 0 <= p <= 1:          # NaN fails this too
+            raise ValueError(f"p-values must lie in [0, 1], got {p}")
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
 
 
 def paired_verdict(treatment: Sequence[float], baseline: Sequence[float], name: str = "treatment − baseline",
