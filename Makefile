@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.installed
 export TQDM_MININTERVAL ?= 2
 
-.PHONY: setup demo test test-unit test-notebooks lab bench gpu-check clean strip notebooks check-notebooks
+.PHONY: setup demo test test-unit test-notebooks lab bench gpu-check clean strip notebooks check-notebooks studies
 
 setup: $(STAMP)
 
@@ -41,6 +41,13 @@ gpu-check: $(STAMP)
 	mkdir -p runs
 	$(PY) -m bgtutorial.gpucheck --out runs/gpu-check.json
 	$(MAKE) bench
+
+# Re-run every study the claims read (bgtutorial/claims.py) and ship the histories: resumable (run it again
+# after an interruption), WORKERS runs at once (2 on the 2-core CPU; more on a GPU, which they share).
+WORKERS ?= 2
+studies: $(STAMP)
+	$(PY) -m bgtutorial.plan --publish --workers $(WORKERS) $(STUDY_ARGS)
+	$(PY) -m bgtutorial.claims
 
 # Execute every notebook in full mode on this machine (the CPU default without a GPU, CUB-200 where a
 # GPU and the data are there) and commit the outputs: readers on GitHub and Colab see them.
