@@ -71,6 +71,53 @@ def test_the_shipped_corpus_is_disjoint_from_both_halves_of_the_retrieval_split(
         assert len(glyph_classes.faces_of(char)) >= glyph_classes.MIN_FACES, char
 
 
+def test_containment_is_one_sided_and_matches_a_naive_loop():
+    """A class with a stroke added is held by it (one-sided), however far the stroke puts the pair by the
+    two-sided rule; checked against loops over faces and stretches."""
+    chars, classes = ["Ӽ", "љ", "→"], ["X", "h", "x"]
+    got = corpus.containment_distances(chars, classes)
+    light = [f for f in glyph_classes.FACES if not f.bold]
+    ma, pa = glyph_classes.reference_masks(chars, light, glyph_classes.REFERENCE_SIZE, glyph_classes.ASPECTS)
+    mb, pb = glyph_classes.reference_masks(classes, light, glyph_classes.REFERENCE_SIZE, (1.0,))
+    r = glyph_classes.LOOKALIKE_RADIUS
+    for i in range(len(chars)):
+        for j in range(len(classes)):
+            best = float("inf")
+            for fa in range(len(light)):
+                for fb in range(len(light)):
+                    if not (pa[i, fa] and pb[j, fb]):
+                        continue
+                    for s in range(len(glyph_classes.ASPECTS)):
+                        a, b = ma[i, fa, s].numpy(), mb[j, fb, 0].numpy()
+                        if _naive_far_share(a, b, r) <= corpus.CONTAIN_EXTRA:
+                            best = min(best, _naive_far_share(b, a, r))
+            assert got[i, j].item() == pytest.approx(best, abs=1e-6), (chars[i], classes[j])
+    two_sided = corpus.leakage_distances(["љ"], ["h"])
+    assert got[1, 1] <= corpus.LEAKAGE_SHARE < two_sided[0, 0]          # held one-sided, not a look-alike
+    assert got[2].min() > corpus.LEAKAGE_SHARE                           # → holds none of them
+
+
+def test_names_catch_letters_drawn_as_a_class_plus_a_stroke():
+    banned = set(glyph_classes.candidate_characters())
+    expected = {"Ӽ": "Х", "Ґ": "Г", "Ꚋ": "Т", "Ԡ": "Л", "ȵ": "n", "ʞ": "k", "ʣ": "d", "ᴝ": "u", "Ꙥ": "Л"}
+    for char, base in expected.items():
+        assert corpus.named_after(char, banned) == base, char
+    for char in "→∞♣ʃŋ⅋ᴥ˧ⴡ":          # symbols, letters not named after a candidate, other scripts
+        assert corpus.named_after(char, banned) is None, char
+
+
+def test_no_corpus_character_passes_any_rule_against_any_retrieval_class():
+    """Every retrieval class's closest corpus characters under each rule, and none close enough to pass."""
+    classes = list(glyph_classes.select_classes().classes)
+    banned = set(glyph_classes.candidate_characters())
+    pairs = corpus.closest_pairs(SHIPPED, classes)
+    for rule, rows in pairs.items():
+        assert len(rows) == len(classes)
+        closest = rows[0]
+        assert closest[2] > corpus.LEAKAGE_SHARE, f"{rule}: {closest}"
+    assert [c for c in SHIPPED if corpus.named_after(c, banned)] == []
+
+
 def test_the_shipped_characters_are_what_the_code_selects():
     """The corpus is a pure function of the fonts and the code (about 90 s on 2 cores)."""
     assert list(corpus.pretraining_characters()) == SHIPPED

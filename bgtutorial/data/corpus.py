@@ -20,7 +20,15 @@ that none of them is, contains or looks like a character of the retrieval task
    of the corpus character against any face of the class, the corpus glyph stretched in width)
    and keep the closest pair; a character is left out when that share is at most
    :data:`LEAKAGE_SHARE` (15 %, five times the merge threshold). ∪ (U), ⊂ (C), ∑ (Σ), ı (l) go.
-5. **One class per look-alike group inside the corpus**: the retrieval set's own merge rule
+5. **No retrieval class inside it, with strokes added** (:func:`containment_distances`): one-sided,
+   a character is left out when at most :data:`LEAKAGE_SHARE` of a class's ink is unmatched by it, in
+   a pair of faces where its own ink beyond the class is at most :data:`CONTAIN_EXTRA` (half) of it:
+   the class plus a hook, a descender, a curl or a bar, however far the added stroke puts it by rule 4.
+6. **Not named after a retrieval candidate** (:func:`named_after`): a letter named "X WITH …",
+   "TURNED X", "SIDEWAYS X", "SMALL CAPITAL X", or a digraph of X, where X (in either case, in any of
+   the candidates' scripts, so a cross-script homoglyph of a class too) is a retrieval candidate:
+   Ӽ (HA WITH HOOK, X), Ґ (GHE WITH UPTURN, Γ), ȵ (N WITH CURL, n), ʞ (TURNED K), ʣ (DZ DIGRAPH).
+7. **One class per look-alike group inside the corpus**: the retrieval set's own merge rule
    (:func:`~bgtutorial.data.glyph_classes.dedupe`, code-point order) among the characters left, so two
    pretraining classes are not the same drawing (the macron ¯ and the modifier ˉ are one class).
 
@@ -39,6 +47,7 @@ import shutil
 import time
 import unicodedata
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from einops import rearrange, repeat
@@ -50,14 +59,18 @@ from .glyph_classes import (ASPECTS, FACES, LOOKALIKE_QUANTILE, LOOKALIKE_RADIUS
                             near_ink, reference_masks, select_classes)
 from .glyphs import _one_thread, render_class
 
-__all__ = ["pretraining_characters", "corpus_candidates", "leakage_distances", "build_corpus", "LEAKAGE_SHARE",
-           "CATEGORIES"]
+__all__ = ["pretraining_characters", "corpus_candidates", "leakage_distances", "containment_distances", "named_after",
+           "closest_pairs",
+           "build_corpus", "LEAKAGE_SHARE", "CONTAIN_EXTRA", "CATEGORIES"]
 
 #: Unicode general categories a corpus character may have: letters, numbers, symbols
 CATEGORIES = ("L", "N", "S")
 #: leakage: a corpus character is left out when at most this share of ink is unmatched against a
 #: retrieval class in its closest pair of faces (the merge rule of the retrieval set uses 3 %)
 LEAKAGE_SHARE = 0.15
+#: containment: a character is left out when at most LEAKAGE_SHARE of a class's ink is unmatched by it, in a
+#: face pair where at most this share of the character's own ink lies outside the class (the added stroke)
+CONTAIN_EXTRA = 0.5
 #: renderings of a corpus class are seeded apart from the retrieval set's (seed·1_000_003 + code point)
 CORPUS_SEED_OFFSET = 7_777_777
 
@@ -82,6 +95,51 @@ def corpus_candidates(min_faces: int = MIN_FACES) -> list[str]:
     return out
 
 
+#: the scripts of the retrieval candidates, as Unicode names spell them
+_SCRIPT_WORDS = ("LATIN", "GREEK", "CYRILLIC", "ARMENIAN", "GEORGIAN", "HEBREW")
+
+
+def named_after(char: str, banned: str | set[str]) -> str | None:
+    """The retrieval candidate a character is named after, or None (rule 6 of the module docstring).
+
+    For a letter of a candidate script (or a modifier letter, read as Latin), named
+    "<script> <case> LETTER <words> X [WITH …]": X is the letter whose name is the last words before
+    "WITH" (a hook, a descender, a stroke, an upturn), in the same script and case, so "TURNED X",
+    "SIDEWAYS X", "REVERSED X", "SOFT X" and "X WITH …" are named after X; "SMALL CAPITAL X" after
+    the capital. A Latin digraph or ligature ("DZ DIGRAPH", "AV", "MIDDLE-WELSH LL") is named after
+    each letter it joins. Such letters have no Unicode decomposition, so rule 3 misses them.
+    """
+    banned = set(banned)
+    name = unicodedata.name(char, "")
+    head, sep, rest = name.partition("LETTER ")
+    if not sep:
+        return None
+    script = next((w for w in head.split() if w in _SCRIPT_WORDS), "LATIN" if head.startswith("MODIFIER") else None)
+    if script is None:
+        return None
+    words = rest.split(" WITH ")[0].replace(" DIGRAPH", "").replace(" LIGATURE", "").split()
+    case = "SMALL" if "SMALL LETTER" in name or head.startswith("MODIFIER") else "CAPITAL"
+    if words[:2] == ["SMALL", "CAPITAL"]:
+        case, words = "CAPITAL", words[2:]
+    elif words[:1] in (["SMALL"], ["CAPITAL"]):
+        case, words = words[0], words[1:]
+    for k in range(len(words)):
+        try:
+            found = unicodedata.lookup(f"{script} {case} LETTER {' '.join(words[k:])}")
+        except KeyError:
+            continue
+        if found in banned:
+            return found
+    last = words[-1].split("-")[-1] if words else ""
+    if script == "LATIN" and len(last) == 2 and last.isalpha() and last.isascii():   # DZ, AV, LL, AE, ...
+        for letter in last:
+            for c in (case, "CAPITAL", "SMALL"):
+                found = unicodedata.lookup(f"LATIN {c} LETTER {letter}")
+                if found in banned:
+                    return found
+    return None
+
+
 def _far(masks: torch.Tensor, radius: float) -> torch.Tensor:
     """(N, H, W) bool ink -> (N, H, W) bool: pixels farther than ``radius`` from any ink."""
     return rearrange(~near_ink(rearrange(masks.float(), "n h w -> n 1 h w"), radius), "n 1 h w -> n h w")
@@ -97,6 +155,28 @@ def leakage_distances(chars: list[str], classes: list[str], radius: float = LOOK
     :func:`~bgtutorial.data.glyph_classes.lookalike_distances`, at :data:`REFERENCE_SIZE` px, but
     comparing *any* two faces rather than the same face). Regular and italic faces, as there.
     """
+    return _pair_shares(chars, classes, radius, chunk, torch.maximum)
+
+
+def containment_distances(chars: list[str], classes: list[str], radius: float = LOOKALIKE_RADIUS,
+                          extra: float = CONTAIN_EXTRA, chunk: int = 4096) -> torch.Tensor:
+    """How far each character is from *holding* each class, across faces: (len(chars), len(classes)).
+
+    One-sided: entry (a, b) is the smallest, over the same face pairs as :func:`leakage_distances`, of
+    the share of b's ink farther than ``radius`` px from a's ink, among the pairs where b accounts for
+    most of a (at most ``extra`` of a's ink is farther than ``radius`` from b's). A character that
+    draws a class's whole shape plus a hook, a descender or a stroke is near 0 here, however far the
+    added stroke puts it by the two-sided rule.
+    """
+    def combine(a_far: torch.Tensor, b_far: torch.Tensor) -> torch.Tensor:
+        return torch.where(a_far <= extra, b_far, torch.full_like(b_far, float("inf")))
+
+    return _pair_shares(chars, classes, radius, chunk, combine)
+
+
+def _pair_shares(chars: list[str], classes: list[str], radius: float, chunk: int, combine) -> torch.Tensor:
+    """(len(chars), len(classes)): the smallest ``combine(a_far, b_far)`` over face pairs and stretches,
+    where ``a_far`` is the share of a's ink far from b's and ``b_far`` the share of b's ink far from a's."""
     light = [f for f in FACES if not f.bold]
     ma, pa = reference_masks(chars, light, REFERENCE_SIZE, ASPECTS)           # (Na, F, A, H, W), (Na, F)
     mb, pb = reference_masks(classes, light, REFERENCE_SIZE, (1.0,))         # (Nb, F, 1, H, W)
@@ -115,7 +195,7 @@ def leakage_distances(chars: list[str], classes: list[str], radius: float = LOOK
         ia, fa = flat(ink_a[start:start + chunk]), flat(far_a[start:start + chunk])   # (R, K)
         a_far = (ia @ far_b_f.T) / rearrange(ia.sum(1).clamp(min=1), "r -> r 1")       # (R, Rb)
         b_far = (fa @ ink_b_f.T) / rearrange(area_b, "rb -> 1 rb")
-        d = torch.maximum(a_far, b_far)
+        d = combine(a_far, b_far)
         # smallest over the rows of one character, then over the rows of one class
         rows = owner_a[start:start + chunk]
         per_a = torch.full((len(chars), d.shape[1]), float("inf")).scatter_reduce(
@@ -134,19 +214,35 @@ def _row_owner(present: torch.Tensor, aspects: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=2)
 def pretraining_characters(share: float = LEAKAGE_SHARE) -> tuple[str, ...]:
-    """The pretraining corpus (rules 1-5 of the module docstring), in code-point order.
+    """The pretraining corpus (rules 1-7 of the module docstring), in code-point order.
 
     Deterministic: a pure function of the fonts and this code (about 90 s on 2 CPU cores; the
     shipped weights' JSON lists the result, and a test checks the two agree).
     """
     retrieval = list(select_classes().classes)
+    banned = set(candidate_characters())
     with _one_thread():
-        cands = corpus_candidates()
+        cands = [c for c in corpus_candidates() if named_after(c, banned) is None]
         dist = leakage_distances(cands, retrieval)
-    clean = [c for c, d in zip(cands, dist.amin(1).tolist()) if d > share]
+        held = containment_distances(cands, retrieval)
+    clean = [c for c, d, h in zip(cands, dist.amin(1).tolist(), held.amin(1).tolist()) if d > share and h > share]
     light = [f for f in FACES if not f.bold]
     kept, _ = dedupe(clean, lookalike_matrix(clean, light, LOOKALIKE_QUANTILE), LOOKALIKE_SHARE)
     return tuple(kept)
+
+
+def closest_pairs(chars: Sequence[str], classes: Sequence[str]) -> dict[str, list[tuple[str, str, float]]]:
+    """For each retrieval class, its closest corpus character under each shape rule:
+    ``{"look-alike": [(class, char, share), ...], "containment": [...]}``, each list sorted from the
+    closest pair; a pair passes a rule (and its character would be left out) at a share of
+    :data:`LEAKAGE_SHARE` or less."""
+    out = {}
+    for rule, fn in (("look-alike", leakage_distances), ("containment", containment_distances)):
+        d = fn(list(chars), list(classes))                           # (chars, classes)
+        best, idx = d.min(0)
+        out[rule] = sorted(((cls, chars[int(i)], float(v)) for cls, i, v in zip(classes, idx, best)),
+                           key=lambda t: t[2])
+    return out
 
 
 def build_corpus(characters: list[str] | tuple[str, ...], root: str | Path = "data", per_class: int = 40,
