@@ -93,6 +93,9 @@ FAMILY: tuple[Claim, ...] = (
           (Arm("batchformer", variant=_LT), Arm("baseline", variant=_LT)), (_BF, _BASE)),
     Claim("bf-shared-head", "BatchFormer (b)", "the shared head is what makes dropping the module safe",
           (_BF,), (Arm("batchformer", variant=(("shared_head", False),)),)),
+    Claim("bf-shared-head-one-loss", "BatchFormer (b)", "the shared head beats an unshared one under the same "
+          "loss (one loss over the doubled batch)", (_BF,),
+          (Arm("batchformer", variant=(("shared_head", False), ("module_loss", "one"))),)),
     Claim("bg-main", "BGFormer", "BGFormer improves retrieval of unseen classes", (_BG,), (_BASE,)),
     Claim("bg-flipped", "BGFormer", "BGFormer's gain grows with flipped labels (40 %)",
           (Arm("bgformer", 0.4), Arm("baseline", 0.4)), (_BG, _BASE)),

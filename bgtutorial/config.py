@@ -30,6 +30,7 @@ DATASETS = ("glyphs", "digits", "fake-cub", "cub")
 MODULES = tuple(BATCH_MODULES)         # "none", "batchformer", "bgformer": listed once, in models.py
 SAMPLERS = ("m_per_class", "random")
 CORRUPT_KINDS = ("mixed", "occlude", "noise")   # Config.corrupt_kind: "mixed" or one of data.perturb.CORRUPTIONS
+MODULE_LOSSES = ("auto", "one", "separate")    # Config.module_loss: "auto" is "separate" exactly without a shared head
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Config:
     progress: bool = True
     imbalance: float = 1.0             # long-tailed training classes: rho = n_max / n_min (1 = as is; Cao et al. 2019)
     shared_head: bool = True           # False: the module stream gets its own head and its own loss (own proxies)
+    module_loss: str = "auto"          # the module half's loss: auto (its own when the head is its own), one, separate
     # Corrupted training images (robustness study): a fixed share of the TRAINING images (the test
     # split and the validation classes stay clean) is corrupted, each either occluded (a random
     # square patch, 40-70 % of the side, so 16-49 % of the area, replaced by uniform noise) or
@@ -174,6 +176,10 @@ class Config:
                              "module (batch_module='batchformer' or 'bgformer'), or leave shared_head=True")
         if not 0.0 <= self.corrupt <= 1.0:
             raise ValueError(f"corrupt must be in [0, 1] (the share of training images corrupted), got {self.corrupt}")
+        if self.module_loss not in MODULE_LOSSES:
+            raise ValueError(f"module_loss must be one of {', '.join(MODULE_LOSSES)}, got {self.module_loss!r}: auto "
+                             "(a loss of its own when shared_head=false), one (one loss over the doubled batch) or "
+                             "separate (the module half's own loss and proxies)")
         if self.corrupt_kind not in CORRUPT_KINDS:
             raise ValueError(f"corrupt_kind must be one of {', '.join(CORRUPT_KINDS)}, got {self.corrupt_kind!r} "
                              "(mixed: each corrupted image occluded or pure noise by a seeded coin)")

@@ -147,6 +147,7 @@ def published_study(preset: str, methods: Sequence[str] = tuple(METHODS), seeds:
 VARIANTS = {"imbalance": (1.0, "-imbalance{:g}", "--imbalance {:g}"),
             "steps_per_epoch": (0, "", "--steps-per-epoch {}"),
             "shared_head": (True, "-unshared-head", "--unshared-head"),
+            "module_loss": ("auto", "-{}-loss", "--module-loss {}"),
             "plain_weight": (-1.0, "-alpha{:g}", "--plain-weight {:g}")}
 #: BGFormer options a study varies (``Config.module_kwargs``): key -> (name suffix, flag)
 MODULE_VARIANTS = {"lam": ("-lam{:g}", "--lam {:g}"), "k": ("-k{}", "--k {}")}
@@ -397,6 +398,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="optimiser steps per epoch (0: one pass over the training set); with --imbalance, the "
                         "balanced run's count gives equal optimiser steps")
     v.add_argument("--unshared-head", action="store_true", help="the module stream gets its own head and loss")
+    v.add_argument("--module-loss", choices=("one", "separate"), default=None,
+                   help="the module half's loss: one over the doubled batch, or its own (default: its own exactly "
+                        "with --unshared-head)")
     v.add_argument("--plain-weight", type=float, default=None,
                    help="alpha: loss = alpha L(plain) + (1 - alpha) L(module) (default: one loss over both halves)")
     v.add_argument("--lam", type=float, default=None, help="BGFormer's lambda (visual vs label path)")
@@ -422,6 +426,8 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
             extra[field] = value
     if a.unshared_head:
         extra["shared_head"] = False
+    if a.module_loss is not None:
+        extra["module_loss"] = a.module_loss
     module = {key: value for key, value in (("lam", a.lam), ("k", a.k)) if value is not None}
     if module:
         extra["module_kwargs"] = module

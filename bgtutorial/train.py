@@ -77,8 +77,15 @@ def build_model(cfg: Config, num_classes: int) -> tuple[RetrievalNet, MetricLoss
     """The network and its loss (with proxies) for a config."""
     loss = MetricLoss(cfg.loss, num_classes, cfg.embed_dim, cfg.margin, cfg.alpha,
                       None if cfg.plain_weight < 0 else cfg.plain_weight, m=cfg.m, tau=cfg.tau, c=cfg.curvature,
-                      clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction, separate_module_loss=not cfg.shared_head)
+                      clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction, separate_module_loss=separate_module_loss(cfg))
     return build_net(cfg), loss
+
+
+def separate_module_loss(cfg: Config) -> bool:
+    """Whether the module half gets a loss (and proxies) of its own: ``module_loss`` "separate", or
+    "auto" with an unshared head (the ablation of BatchFormer's claim b); "one" keeps one loss over the
+    doubled batch even with an unshared head, which separates the head from the form of the loss."""
+    return cfg.module_loss == "separate" or (cfg.module_loss == "auto" and not cfg.shared_head)
 
 
 def build_optimizer(cfg: Config, model: RetrievalNet, criterion: MetricLoss) -> torch.optim.AdamW:

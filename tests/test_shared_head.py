@@ -9,6 +9,7 @@ from bgtutorial.models import RetrievalNet, build_backbone, make_batch_module
 from bgtutorial.config import load_config
 from bgtutorial.data.splits import build_datasets
 from bgtutorial.evaluate import embed_dataset
+from bgtutorial.rng import module_seed
 from bgtutorial.train import build_model, train
 
 B, E, C = 8, 16, 4
@@ -88,10 +89,13 @@ def test_unshared_forward_by_hand():
 
 def test_shared_head_is_unchanged():
     net, loss = nets(shared=True)
-    # the same random draws as the network before the option existed: backbone, module, one head
+    # the random draws of a network with one head: backbone, then the head, from the global stream; the
+    # module from a stream of its own, seeded from the run's seed (bgtutorial.rng), so the head is the baseline's
     torch.manual_seed(0)
     backbone, dim = build_backbone("smallcnn", pretrained=False)
-    module = make_batch_module("batchformer", dim, dropout=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(module_seed(0))
+        module = make_batch_module("batchformer", dim, dropout=0.0)
     head = torch.nn.Linear(dim, E)
     ref = {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()},
            **{f"batch_module.{k}": v for k, v in module.state_dict().items()},
@@ -156,3 +160,23 @@ def test_embed_dataset_module_head_and_head_metrics(tmp_path):
     shared = RetrievalNet("smallcnn", embed_dim=E, pretrained=False)
     with pytest.raises(ValueError, match="shared_head=False"):
         embed_dataset(shared, test_ds, outputs="module_head")
+
+
+def test_module_loss_separates_the_head_from_the_form_of_the_loss():
+    """module_loss="one": the module stream keeps its own head, but one loss (one set of proxies) scores the
+    doubled batch, as with a shared head; "auto" follows shared_head; a bad value is refused."""
+    one = load_config("digits-batchformer", shared_head=False, module_loss="one", embed_dim=E,
+                      module_kwargs={"dropout": 0.0})
+    net, loss = build_model(one, num_classes=5)
+    net.train()
+    assert net.module_head is not None and loss.module_loss is None and loss.plain_weight is None
+    x, y = batch()
+    emb, y2 = net(x, y)
+    f = net.features(x)
+    torch.testing.assert_close(emb[B:], F.normalize(net.module_head(net.batch_module(f)), dim=1))
+    torch.testing.assert_close(loss(emb, y2, batch_size=B), loss.loss(emb, y2))     # one loss over 2B rows
+    auto = build_model(load_config("digits-batchformer", shared_head=False, embed_dim=E), num_classes=5)[1]
+    sep = build_model(load_config("digits-batchformer", module_loss="separate", embed_dim=E), num_classes=5)[1]
+    assert auto.module_loss is not None and sep.module_loss is not None
+    with pytest.raises(ValueError, match="module_loss must be one of auto, one, separate"):
+        load_config("digits-batchformer", module_loss="two")
