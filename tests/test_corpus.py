@@ -65,7 +65,7 @@ def test_the_shipped_corpus_is_disjoint_from_both_halves_of_the_retrieval_split(
     for half in (train, test):
         assert not set(SHIPPED) & set(half)
         dist = corpus.leakage_distances(SHIPPED, half)                 # (corpus, half)
-        assert dist.min().item() > corpus.LEAKAGE_SHARE, SHIPPED[int(dist.min(1).values.argmin())]
+        assert dist.min().item() > corpus.LEAKAGE_SHARE + corpus.SHARE_TOLERANCE, SHIPPED[int(dist.min(1).values.argmin())]
     for char in SHIPPED:
         assert not set(unicodedata.normalize("NFKD", char)) & banned, char
         assert len(glyph_classes.faces_of(char)) >= glyph_classes.MIN_FACES, char
@@ -114,7 +114,7 @@ def test_no_corpus_character_passes_any_rule_against_any_retrieval_class():
     for rule, rows in pairs.items():
         assert len(rows) == len(classes)
         closest = rows[0]
-        assert closest[2] > corpus.LEAKAGE_SHARE, f"{rule}: {closest}"
+        assert closest[2] > corpus.LEAKAGE_SHARE + corpus.SHARE_TOLERANCE, f"{rule}: {closest}"
     assert [c for c in SHIPPED if corpus.named_after(c, banned)] == []
 
 

@@ -68,6 +68,8 @@ CATEGORIES = ("L", "N", "S")
 #: leakage: a corpus character is left out when at most this share of ink is unmatched against a
 #: retrieval class in its closest pair of faces (the merge rule of the retrieval set uses 3 %)
 LEAKAGE_SHARE = 0.15
+#: float32 shares within this of the threshold count as at it (3/20 of the ink is 0.1500000060 in float32)
+SHARE_TOLERANCE = 1e-6
 #: containment: a character is left out when at most LEAKAGE_SHARE of a class's ink is unmatched by it, in a
 #: face pair where at most this share of the character's own ink lies outside the class (the added stroke)
 CONTAIN_EXTRA = 0.5
@@ -225,7 +227,8 @@ def pretraining_characters(share: float = LEAKAGE_SHARE) -> tuple[str, ...]:
         cands = [c for c in corpus_candidates() if named_after(c, banned) is None]
         dist = leakage_distances(cands, retrieval)
         held = containment_distances(cands, retrieval)
-    clean = [c for c, d, h in zip(cands, dist.amin(1).tolist(), held.amin(1).tolist()) if d > share and h > share]
+    cut = share + SHARE_TOLERANCE                 # a share computed in float32 at exactly 15 % counts as 15 %
+    clean = [c for c, d, h in zip(cands, dist.amin(1).tolist(), held.amin(1).tolist()) if d > cut and h > cut]
     light = [f for f in FACES if not f.bold]
     kept, _ = dedupe(clean, lookalike_matrix(clean, light, LOOKALIKE_QUANTILE), LOOKALIKE_SHARE)
     return tuple(kept)
@@ -285,3 +288,28 @@ def build_corpus(characters: list[str] | tuple[str, ...], root: str | Path = "da
         if not path.is_file():
             raise
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bgtutorial.data.corpus --closest FILE``: draw each rule's closest corpus/class pairs
+    for the shipped corpus (the figure in docs/results.md)."""
+    import argparse
+
+    from ..models import GLYPH_WEIGHTS
+
+    p = argparse.ArgumentParser(prog="python -m bgtutorial.data.corpus", description=main.__doc__)
+    p.add_argument("--closest", required=True, help="PNG file to write")
+    p.add_argument("--k", type=int, default=8)
+    a = p.parse_args(argv)
+    from ..plots.images import closest_pairs_figure
+
+    chars = json.loads(GLYPH_WEIGHTS.with_suffix(".json").read_text())["characters"]
+    pairs = closest_pairs(chars, list(select_classes().classes))
+    closest_pairs_figure(pairs, a.k, LEAKAGE_SHARE).savefig(a.closest, dpi=110)
+    for rule, rows in pairs.items():
+        print(rule, ", ".join(f"{c} / {ch} (U+{ord(ch):04X}) {d:.3f}" for c, ch, d in rows[:a.k]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

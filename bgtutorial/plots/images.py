@@ -11,7 +11,7 @@ from einops import rearrange
 
 from ..data.cub import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["to_display", "image_grid", "class_balance", "class_name"]
+__all__ = ["to_display", "image_grid", "class_balance", "class_name", "closest_pairs_figure"]
 
 
 def to_display(img: torch.Tensor) -> np.ndarray:
@@ -69,3 +69,33 @@ def class_name(dataset, label: int, width: int = 16) -> str:
         name = name.split(".", 1)[1]
     name = name.replace("_", " ")
     return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def closest_pairs_figure(pairs: dict[str, list[tuple[str, str, float]]], k: int = 8,
+                         threshold: float | None = None) -> plt.Figure:
+    """The closest (class, corpus character, share) pairs of each rule (``data.corpus.closest_pairs``): a
+    row per rule, each pair drawn as the class's glyph beside the character's, in the first face that
+    has both, with the share of ink left unmatched (a pair passes a rule at ``threshold`` or less)."""
+    from ..data.glyph_classes import FACES, REFERENCE_SIZE, reference_masks
+
+    light = [f for f in FACES if not f.bold]
+    fig, axes = plt.subplots(len(pairs), k, figsize=(k * 1.5, len(pairs) * 1.35), squeeze=False)
+    for row, (rule, items) in enumerate(pairs.items()):
+        for col in range(k):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col >= len(items):
+                continue
+            cls, char, share = items[col]
+            masks, present = reference_masks([cls, char], light, REFERENCE_SIZE, (1.0,))
+            both = (present[0] & present[1]).nonzero()
+            face = int(both[0]) if len(both) else 0
+            pair = torch.cat([masks[0, face, 0], torch.ones(REFERENCE_SIZE, 2, dtype=torch.bool),
+                              masks[1, face, 0]], dim=1)
+            ax.imshow(~pair.numpy(), cmap="gray")
+            ax.set_title(f"{cls}\u200e | U+{ord(char):04X}\n{share:.3f}", fontsize=8)   # LRM: Hebrew stays left
+        axes[row, 0].text(-0.15, 0.5, rule, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
+    bar = "" if threshold is None else f" (a pair at {threshold:.2f} or less would be left out)"
+    fig.suptitle("closest corpus character to a retrieval class, per rule: share of ink unmatched" + bar, fontsize=9)
+    fig.tight_layout()
+    return fig
