@@ -146,6 +146,20 @@ def _side(arms: tuple[Arm, ...], runs: dict[Arm, list[dict[str, Any]]], metric: 
     return [a - value(h) for a, h in zip(first, runs[arms[1]])]
 
 
+def _current_backbone(runs: dict[Arm, list[dict[str, Any]]]) -> bool:
+    """True when every history records the backbone weights the package ships now (their sha256)."""
+    from .models import weights_record
+
+    for hs in runs.values():
+        for h in hs:
+            cfg = h.get("config", {})
+            pretrained = bool(cfg.get("pretrained"))       # a run from scratch needs no record
+            if h.get("backbone_weights", "unrecorded" if pretrained else None) != weights_record(
+                    cfg.get("backbone", ""), pretrained):
+                return False
+    return True
+
+
 def _paired_at_start(claim: Claim, runs: dict[Arm, list[dict[str, Any]]]) -> bool:
     """True when every arm of the claim has the same epoch-0 metrics at each seed (a true pairing)."""
     arms = claim.arms()
@@ -164,6 +178,7 @@ class Reading:
     missing: str = ""
     p_holm: float = 1.0
     paired: bool | None = None
+    current_backbone: bool | None = None
     carried_by: int | None = None
     neighbours: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: tuple[int, ...] = ()
@@ -196,6 +211,7 @@ def evaluate_family(family: Sequence[Claim] = FAMILY, seeds: Sequence[int] = SEE
             continue
         r.summary = paired_summary(_side(claim.treatment, runs, metric), _side(claim.baseline, runs, metric))
         r.paired = _paired_at_start(claim, runs)
+        r.current_backbone = _current_backbone(runs)
         for name in NEIGHBOURS:
             if all(name in h["epochs"][-1] for hs in runs.values() for h in hs):
                 r.neighbours[name] = paired_summary(_side(claim.treatment, runs, name),
@@ -245,6 +261,8 @@ def verdict(r: Reading, alpha: float = 0.05) -> str:
         text += f" (n = {s['n']}, below the rule's 5 seeds)"
     if r.paired is False:
         text += "; the arms' epoch-0 metrics differ: not truly paired"
+    if r.current_backbone is False:
+        text += "; trained from an earlier backbone than the one shipped"
     return text
 
 

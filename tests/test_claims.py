@@ -81,6 +81,27 @@ def test_the_pairing_check_reads_epoch0_metrics():
     assert unpaired.paired is False and "not truly paired" in verdict(unpaired)
 
 
+def test_histories_from_another_backbone_are_flagged():
+    from bgtutorial.models import weights_record
+
+    seeds = (0, 1, 2, 3, 4)
+    vals = {A: [0.5] * 5, B: [0.51, 0.5, 0.52, 0.5, 0.49]}
+    current = weights_record("smallcnn", True)
+
+    def reader(arm, seeds, record=current):
+        hs = _reader(vals)(arm, seeds)
+        for h in hs:
+            h["config"] = {"backbone": "smallcnn", "pretrained": True}
+            h["backbone_weights"] = record
+        return hs
+    assert evaluate_family(TWO[:1], seeds, reader=reader)[0].current_backbone is True
+    old = {"file": "glyph-smallcnn.pt", "sha256": "e648e0f3"}
+    r = evaluate_family(TWO[:1], seeds, reader=lambda a, s: reader(a, s, old))[0]
+    assert r.current_backbone is False and "earlier backbone" in verdict(r)
+    unrecorded = evaluate_family(TWO[:1], seeds, reader=_reader(vals))[0]     # no record at all
+    assert unrecorded.current_backbone is False
+
+
 def test_duplicate_seeds_are_refused():
     with pytest.raises(ValueError, match="distinct"):
         evaluate_family(TWO, (0, 0, 1), reader=_reader({A: [0.5] * 2, B: [0.5] * 2, C: [0.5] * 2}))
