@@ -81,7 +81,7 @@ def test_a_shipped_name_spells_every_study_variant_and_the_flags_retrain_it():
     plain = load_config("glyphs", out=str(folder), batch_module="bgformer")
     assert experiments.published_stem(folder, plain) == "glyphs-bgformer-noise0.2-seed3"
     assert experiments.variant_flags(plain) == [] and experiments.variant_dir("runs/study", plain).name == "study"
-    cases = [({"imbalance": 10.0, "steps_per_epoch": 51}, "-imbalance10", ["--imbalance 10", "--steps-per-epoch 51"],
+    cases = [({"imbalance": 10.0, "steps_per_epoch": 51}, "-imbalance10-steps51", ["--imbalance 10", "--steps-per-epoch 51"],
               "imbalance10-steps51"),
              ({"shared_head": False}, "-unshared-head", ["--unshared-head"], "unshared-head"),
              ({"plain_weight": 0.01}, "-alpha0.01", ["--plain-weight 0.01"], "alpha0.01"),
