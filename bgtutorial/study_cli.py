@@ -89,6 +89,9 @@ def _refusal(a: argparse.Namespace, extra: dict[str, Any]) -> str | None:
         flag = "--plain-weight" if "plain_weight" in extra else "--unshared-head"
         return (f"{flag} changes the batch module's stream, which the baseline does not have: run it with "
                 "--methods batchformer bgformer (the baseline's runs are the plain study's)")
+    if a.shipped and extra.keys() - {"epochs"} and len(a.seeds) < 2:
+        return ("--shipped with a study variant compares it with the plain runs, paired by seed: pass at least 2 "
+                "seeds (e.g. --seeds 0 1 2 3 4)")
     if a.shipped and (a.publish or a.force):
         return "--shipped reads the shipped histories and trains nothing: drop --publish and --force"
     return None
@@ -142,8 +145,7 @@ def _tables(a: argparse.Namespace, extra: dict[str, Any], study: dict, plain: di
     print(ex.paired_table(study, a.field))
     if plain:
         print(f"\n{' '.join(ex.variant_flags(extra))} against the plain runs of the same method, paired by seed:")
-        print(ex.paired_table_against(study, plain, a.field) if len(a.seeds) > 1 else
-              "(one seed: no paired interval; the rule needs at least 2 seeds, pass them with --seeds)")
+        print(ex.paired_table_against(study, plain, a.field))
 
 
 def main(argv: list[str] | None = None) -> int:
