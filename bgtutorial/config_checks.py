@@ -221,9 +221,17 @@ def check_bounds(cfg: Any) -> None:
 def _file_in_the_way(path: Path) -> Path | None:
     """``path`` or the first of its parents that exists as something other than a folder, else ``None``."""
     for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
+        if _exists(p):
             return None if p.is_dir() else p
     return None
+
+
+def _exists(path: Path) -> bool:
+    """``path`` exists (a broken link too); ``False`` for a name the system cannot even look up (too long)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return False
 
 
 def path_problem(path: str | Path, writable: bool = False) -> str | None:
@@ -234,7 +242,7 @@ def path_problem(path: str | Path, writable: bool = False) -> str | None:
     blocker = _file_in_the_way(path)
     if blocker is not None:
         return "is a file" if blocker == path else f"lies under {blocker}, which is a file"
-    existing = next((p for p in (path, *path.parents) if p.is_dir()), Path("."))
+    existing = next((p for p in (path, *path.parents) if _exists(p)), Path("."))
     try:
         name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
     except (OSError, ValueError, AttributeError):       # no pathconf (Windows) or no limit reported
