@@ -360,12 +360,17 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
     One run per folder: while a run holds the lock, a second run into the folder (``--force``
     included) raises :class:`~bgtutorial.utils.LockedError` naming the holder, before it has read
     or deleted anything. The lock dies with its process (a killed run leaves no stale lock); the
-    folder, when this call created it and nothing was written into it, is removed again.
+    folders this call created (the run folder and any missing parent) are removed again when nothing
+    was written into them.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"the run folder {run_dir} is a file, not a folder: choose another --out (out=...)")
-    created = not run_dir.exists()
+    created = []                       # the folders this call makes, deepest first
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+        created.append(folder)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -382,6 +387,8 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
                                 f"(chmod u+w {run_dir}) or choose another --out") from None
             yield run_dir
     finally:
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()        # only when empty: a run that failed before writing leaves no folder
+        for folder in created:         # only when empty: a run that failed before writing leaves no folder
+            try:
+                folder.rmdir()
+            except OSError:
+                break

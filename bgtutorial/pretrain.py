@@ -182,6 +182,8 @@ def pretrain(out: str | Path = DEFAULT_OUT, work: str | Path = "runs/pretrain", 
     the fine-tuning augmentation (:func:`shift_crop`, 2 px). Returns the JSON written. The arguments
     are checked first (:func:`check_arguments`); a non-finite loss stops the run at once.
     """
+    check_arguments(out, work, epochs, per_class, heldout, batch_size, lr, weight_decay, label_smoothing, seed,
+                    data_root)
     chars = list(pretraining_characters())
     check_arguments(out, work, epochs, per_class, heldout, batch_size, lr, weight_decay, label_smoothing, seed,
                     data_root, classes=len(chars))
