@@ -166,21 +166,12 @@ def test_weights_and_json_are_written_together(tiny, monkeypatch):
     load_glyph_weights(SmallCNN(), out / GLYPH_WEIGHTS.name)
 
 
-def test_ctrl_c_prints_where_the_checkpoint_stands_and_how_to_resume(tiny, monkeypatch, capsys):
-    top1, calls = pt._top1, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return top1(*args, **kwargs)
-
-    monkeypatch.setattr(pt, "_top1", interrupted)
+def test_ctrl_c_prints_where_the_checkpoint_stands_and_how_to_resume(tiny, interrupt_pretraining, capsys):
     assert pt.main([*TINY, "--data_root", "data"]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "runs/pretrain/last.pt holds epoch 1 of 2" in err
     assert "resume it with the same command: python -m bgtutorial.pretrain --epochs 2" in err
-    monkeypatch.setattr(pt, "_top1", top1)
+    interrupt_pretraining()                                     # the next run goes through
     assert pt.main([*TINY, "--data_root", "data"]) == 0
     assert "resuming" in capsys.readouterr().out
 
