@@ -32,10 +32,21 @@ from .utils import UserError, bars_disabled
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
            "publish_history", "optimiser_steps", "paired_summary", "paired_table", "published_study", "paired_verdict",
-           "published_stem", "variant_flags", "variant_dir", "VARIANTS", "MODULE_VARIANTS"]
+           "published_stem", "variant_flags", "variant_dir", "VARIANTS", "MODULE_VARIANTS", "distinct"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
+
+
+def distinct(values: Sequence[Any], what: str) -> None:
+    """``ValueError`` when ``values`` (a study's seeds, levels or methods) gives one twice: a rerun of a seed
+    is the same measurement, and would count as another paired seed."""
+    values = list(values)
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        shown = f"{twice[0]:g}" if isinstance(twice[0], float) else str(twice[0])
+        raise ValueError(f"{what}: {shown} is given twice; a rerun is the same measurement, not another one, so "
+                         "pass each value once")
 
 
 def _finished(cfg) -> dict[str, Any] | None:
@@ -146,6 +157,7 @@ def published_study(preset: str, methods: Sequence[str] = tuple(METHODS), seeds:
     whose shipped history belongs to another config raises ``ConfigMismatchError`` naming the
     fields; both messages say how to train and publish it.
     """
+    distinct(seeds, "seeds"), distinct(methods, "methods")
     out: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         if method not in METHODS:
@@ -247,6 +259,7 @@ def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(ME
     (:func:`published_history`) when one of this config exists, instead of being trained; such a
     history has a ``"published"`` key, and no weights (``last.pt``) come with it.
     """
+    distinct(seeds, "seeds"), distinct(methods, "methods")
     out: dict[str, list[dict[str, Any]]] = {}
     jobs = [(m, s) for m in methods for s in seeds]
     desc = f"{preset} noise={label_noise}" + (f" corrupt={corrupt}" if corrupt else "")
@@ -276,6 +289,7 @@ def robustness_study(preset: str, runs_dir: str | Path, noise_levels: Sequence[f
     """
     if field not in ROBUSTNESS_FIELDS:
         raise ValueError(f"field must be one of {', '.join(ROBUSTNESS_FIELDS)}, got {field!r}")
+    distinct(noise_levels, "noise_levels")
     return {p: compare(preset, runs_dir, methods, seeds, **{field: p}, **overrides) for p in noise_levels}
 
 
@@ -286,6 +300,7 @@ def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any],
     from .config import Config
 
     config_fields = {f for f in Config.__dataclass_fields__}
+    distinct(values, "values")
     out = {}
     for value in tqdm(values, desc=f"ablate {field}", disable=bars_disabled(progress)):
         extra = dict(overrides)

@@ -74,11 +74,10 @@ def _overrides(a: argparse.Namespace) -> dict[str, Any]:
 def _refusal(a: argparse.Namespace, extra: dict[str, Any]) -> str | None:
     """Why the command cannot run as asked (one line), or ``None``: checked before anything trains."""
     for flag, values in (("--seeds", a.seeds), ("--noise", a.noise), ("--methods", a.methods)):
-        twice = [v for i, v in enumerate(values) if v in values[:i]]
-        if twice:
-            return (f"{flag} names {twice[0]:g} twice" if isinstance(twice[0], float) else
-                    f"{flag} names {twice[0]} twice") + (": a rerun is the same measurement, not another one; "
-                                                         "pass each value once")
+        try:
+            ex.distinct(values, flag)
+        except ValueError as err:
+            return str(err)
     unknown = [m for m in a.methods if m not in ex.METHODS]
     if unknown:
         return f"unknown method {unknown[0]!r}; choose from {', '.join(ex.METHODS)}"

@@ -191,7 +191,7 @@ SWEEP = [  # (entry, argv, what the one line names): refused before anything is 
     (_pretrain_main, ["--work", "{afile}"], "--work {afile} is a file"),
     (_pretrain_main, ["--data_root", "{afile}/sub"], "--data_root {afile}/sub lies under {afile}"),
     (experiments.main, ["--epochs", "0"], "epochs=0 is out of range"),
-    (experiments.main, ["--seeds", "3", "3"], "--seeds names 3 twice"),
+    (experiments.main, ["--seeds", "3", "3"], "--seeds: 3 is given twice"),
     (experiments.main, ["--seeds", "-1"], "seed=-1 is out of range"),
     (experiments.main, ["--noise", "1.5"], "label_noise"),
     (experiments.main, ["--noise", "0.4", "--field", "corrupt", "--methods", "baseline", "--plain-weight", "0.1"],

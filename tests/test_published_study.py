@@ -138,5 +138,5 @@ def test_shipped_prints_a_variant_against_its_plain_runs_and_trains_nothing(shel
     assert "--lam 1 against the plain runs of the same method" in out
     assert experiments.main(argv + ["--publish"]) == 2
     assert "--shipped reads the shipped histories and trains nothing" in capsys.readouterr().err
-    assert experiments.main(argv[:-1] + ["--seeds", "7", "--shipped"]) == 2       # not shipped: a one-line error
+    assert experiments.main(argv[:-1] + ["--seeds", "7", "8", "--shipped"]) == 2  # not shipped: a one-line error
     assert "no shipped history digits-bgformer-noise0-seed7-lam1.json" in capsys.readouterr().err

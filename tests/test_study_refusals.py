@@ -25,10 +25,10 @@ def _one_line(capsys) -> str:
 
 
 REFUSED = [  # (argv, what the one line must say): nothing is read or trained
-    (["--seeds", "0", "0", "0", "0", "0", "--shipped"], "--seeds names 0 twice"),
-    (["--seeds", "0", "1", "--noise", "0", "0", "--shipped"], "--noise names 0 twice"),
-    (["--seeds", "0", "1", "--noise", "0.2", "0.20", "--methods", "baseline"], "--noise names 0.2 twice"),
-    (["--methods", "baseline", "baseline"], "--methods names baseline twice"),
+    (["--seeds", "0", "0", "0", "0", "0", "--shipped"], "--seeds: 0 is given twice"),
+    (["--seeds", "0", "1", "--noise", "0", "0", "--shipped"], "--noise: 0 is given twice"),
+    (["--seeds", "0", "1", "--noise", "0.2", "0.20", "--methods", "baseline"], "--noise: 0.2 is given twice"),
+    (["--methods", "baseline", "baseline"], "--methods: baseline is given twice"),
     (["--methods", "bgformer", "--plain-weight", "-0.5"], "plain_weight=-0.5 must be in [0, 1]"),
     (["--methods", "bgformer", "--plain-weight", "1.5", "--shipped"], "plain_weight=1.5 must be in [0, 1]"),
     (["--methods", "baseline", "--plain-weight", "0.5"], "--plain-weight changes the batch module's stream"),
@@ -47,6 +47,20 @@ def test_the_study_cli_refuses_duplicates_and_variants_that_do_not_apply(argv, e
     assert experiments.main(["--preset", "glyphs", "--runs", str(tmp_path / "runs"), *argv]) == 2
     assert expect in _one_line(capsys)
     assert not any(tmp_path.iterdir())                           # refused before anything was written
+
+
+def test_the_api_studies_refuse_a_seed_level_or_method_given_twice(tmp_path, no_training):
+    with pytest.raises(ValueError, match="seeds: 0 is given twice"):
+        experiments.compare("digits", tmp_path, seeds=[0, 1, 0])
+    with pytest.raises(ValueError, match="methods: bgformer is given twice"):
+        experiments.compare("digits", tmp_path, methods=["bgformer", "baseline", "bgformer"])
+    with pytest.raises(ValueError, match="noise_levels: 0 is given twice"):
+        experiments.robustness_study("digits", tmp_path, noise_levels=[0, 0.0])
+    with pytest.raises(ValueError, match="seeds: 2 is given twice"):
+        experiments.published_study("glyphs", seeds=[2, 2])
+    with pytest.raises(ValueError, match="values: 4 is given twice"):
+        experiments.ablate("digits", tmp_path, "k", [4, 8, 4])
+    assert not any(tmp_path.iterdir())
 
 
 def _runs(seeds, values, method="batchformer"):
