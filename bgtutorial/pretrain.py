@@ -1,4 +1,4 @@
-"""Pretrain the glyph backbone: ``python -m bgtutorial.pretrain`` (``--publish`` made the shipped weights).
+"""Pretrain the glyph backbone: ``python -m bgtutorial.pretrain`` (``--publish``: into the package).
 
 Both papers start from a backbone pretrained on ImageNet and fine-tune it on CUB's training
 species. The CPU default does the same on its own data: :class:`~bgtutorial.models.SmallCNN`
