@@ -264,5 +264,4 @@ def check_paths(cfg: Any) -> None:
                                ("--data_root", Path(cfg.data_root), "the data folder")):
         problem = path_problem(path, writable=what == "the run folder")
         if problem is not None:
-            raise ValueError(f"{what} {path} {problem}, not a folder to write in; choose another {option} (a "
-                             "folder, created if missing)")
+            raise ValueError(f"{what} {path} {problem}; choose another {option} (a folder, created if missing)")

@@ -38,8 +38,8 @@ POOLINGS = ("avg", "avgmax")
 HEAD_INITS = ("default", "kaiming_fanout", "orthogonal")
 
 
-#: the glyph backbone's pretrained weights, shipped in the package (``python -m bgtutorial.pretrain --publish`` made
-#: them, on characters disjoint from the retrieval set); the JSON beside them holds their sha256
+#: the glyph backbone's pretrained weights, shipped in the package (``python -m bgtutorial.pretrain --publish``
+#: makes them, on characters disjoint from the retrieval set); the JSON beside them holds their sha256
 GLYPH_WEIGHTS = Path(__file__).parent / "weights" / "glyph-smallcnn.pt"
 
 
@@ -74,7 +74,8 @@ def load_glyph_weights(net: SmallCNN, path: str | Path = GLYPH_WEIGHTS) -> Small
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"the glyph backbone's weights {path} (or {meta_path.name}) are missing: reinstall "
-                                "bgtutorial, or make them with `python -m bgtutorial.pretrain --publish`, or use pretrained=false")
+                                "bgtutorial, or make them with `python -m bgtutorial.pretrain --publish`, or use "
+                                "pretrained=false")
     fix = "reinstall bgtutorial, or make them again with `python -m bgtutorial.pretrain --publish`"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -9,8 +9,9 @@ edit of the cell shows up as a stale output (:func:`stale_cells`).
 ``python -m bgtutorial.nbtools check notebooks/*.ipynb`` lists stale cells and unclean outputs
 (warnings, tracebacks, figures kept only as ``<Figure ...>`` text, stray values such as a bare
 ``[]``); it exits 1 when it finds any. ``strip`` removes every output. A file that is not a
-notebook (not JSON, not a notebook's structure) gets one ``error:`` line, the other files are
-still handled, and the exit code is 2.
+notebook (not JSON, not a notebook's structure, odd ``bgtutorial`` metadata) gets one ``error:``
+line, the other files are still handled, and the exit code is 2; so does a notebook that ``strip`` or
+``execute`` could not write back (read-only), checked before it is run.
 
 Execution also keeps a record of how long the whole notebook took, on which machine and when
 (``metadata.bgtutorial.executed`` of the notebook), and writes that time wherever a notebook or the
@@ -342,10 +343,13 @@ def _not_writable(paths: list[str | Path]) -> str | None:
 def _figure(path: str, tag: str, out: str) -> int:
     """``figure``: one PNG out of a notebook, or one ``error:`` line naming what is at fault (exit 2)."""
     target = Path(out)
-    blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists()), Path("."))
-    problem = (f"OUT {out} is a folder, not a .png file" if target.is_dir() else
-               f"OUT {out} lies under {blocker}, which is a file" if not blocker.is_dir() else
-               _not_writable([target if target.exists() else blocker]))
+    try:
+        blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists()), Path("."))
+        problem = (f"OUT {out} is a folder, not a .png file" if target.is_dir() else
+                   f"OUT {out} lies under {blocker}, which is a file" if not blocker.is_dir() else
+                   _not_writable([target if target.exists() else blocker]))
+    except OSError as err:        # a name too long to look up
+        problem = f"OUT {out[:60]}... cannot be used ({err.strerror}); choose another OUT"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -201,7 +201,9 @@ def exclusive_lock(path: str | Path, wait: bool = True, what: str = "", hint: st
     release; the kernel drops the lock when its process dies, so a killed holder never leaves a
     stale lock behind. ``wait=True`` waits for the holder to finish (processes started together,
     e.g. torchrun's ranks extracting CUB once); ``wait=False`` raises :class:`LockedError` at once,
-    "``what`` is in use by <holder>; ``hint``". Without ``fcntl`` (Windows), or on a file system
+    "``what`` is in use by <holder>; ``hint``". Only a regular file is a lock: a symbolic link, a
+    folder or a pipe at ``path`` raises :class:`UserError`, and nothing is written through it
+    (:func:`_open_lock_file`). Without ``fcntl`` (Windows), or on a file system
     that refuses locks (a warning says so), nothing is locked.
     """
     try:
