@@ -32,7 +32,8 @@ from .utils import UserError, bars_disabled
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
            "publish_history", "optimiser_steps", "paired_summary", "paired_table", "published_study", "paired_verdict",
-           "published_stem", "variant_flags", "variant_dir", "VARIANTS", "MODULE_VARIANTS", "distinct"]
+           "published_stem", "variant_flags", "variant_dir", "VARIANTS", "MODULE_VARIANTS", "distinct",
+           "publish_guard"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
@@ -238,14 +239,37 @@ def publish_history(history: dict[str, Any], name: str, command: str, dest: str 
     ``command`` (what produced it), this machine and the number of optimiser steps are recorded
     under ``"published"`` (:func:`optimiser_steps` reads it back).
     """
+    dest = Path(dest)
+    path = dest / f"{name}.json"
+    publish_guard(history["config"], path)
     out = {k: v for k, v in history.items() if k != "steps"}
     out["published"] = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                         "device": history.get("device"), "optimiser_steps": len(history["steps"])}
-    dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"{name}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     return path
+
+
+def publish_guard(config: Any, path: str | Path) -> None:
+    """``UserError`` when ``path`` holds a shipped history of another config than ``config`` (a ``Config`` or
+    a history's config dict): publishing never files one run's history under another run's name."""
+    import dataclasses
+
+    from .config import Config
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    if isinstance(config, dict):
+        names = {f.name for f in dataclasses.fields(Config)}
+        config = Config(**{k: v for k, v in config.items() if k in names})
+    try:
+        check_config(_read_shipped(path)["config"], config, "")
+    except ConfigMismatchError as err:
+        fields = ", ".join(err.fields)
+        raise UserError(f"{path} holds the shipped history of another config ({fields} differ): publishing would "
+                        "replace it; publish that study under its own variant flags, or delete the file first if "
+                        "replacing it is meant") from None
 
 
 def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0,),

@@ -106,6 +106,8 @@ def _check_configs(a: argparse.Namespace, extra: dict[str, Any], runs: str) -> N
                                   **{a.field: level}, **extra)
                 if not a.shipped:
                     check_paths(cfg)
+                if a.publish:
+                    ex.publish_guard(cfg, ex.PUBLISHED / f"{ex.published_stem(folder, cfg)}.json")
 
 
 def _study(a: argparse.Namespace, extra: dict[str, Any], runs: str, command: str) -> tuple[dict, dict]:

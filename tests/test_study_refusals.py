@@ -8,6 +8,7 @@ import pytest
 from bgtutorial import experiments
 from bgtutorial.config import load_config
 from bgtutorial.stats import paired_table, paired_table_against
+from bgtutorial.utils import UserError
 
 
 @pytest.fixture
@@ -118,3 +119,26 @@ def test_each_shipped_history_is_filed_under_the_name_its_config_gives():
         assert key not in names, f"{path.name} and {names.get(key)} hold the same config"
         names[key] = path.name
     assert len(names) > 100
+
+
+def test_publishing_never_replaces_the_shipped_history_of_another_config(tmp_path, monkeypatch, capsys, no_training):
+    """--epochs is not a study variant: a shorter run would be filed under the plain run's name."""
+    from bgtutorial.checkpoint import config_dict
+
+    monkeypatch.setattr(experiments, "PUBLISHED", tmp_path / "published")
+    folder = experiments.run_folder(tmp_path / "runs", "digits", "baseline", 0)
+    cfg = load_config("digits", out=str(folder), seed=0)
+    history = {"config": config_dict(cfg), "epochs": [{"epoch": 1, "R@1": 0.5, "MAP@R": 0.2}], "steps": [1.0]}
+    path = experiments.publish_history(history, experiments.published_stem(folder, cfg), "test",
+                                       dest=experiments.PUBLISHED)
+    before = path.read_text()
+    argv = ["--preset", "digits", "--runs", str(tmp_path / "runs"), "--seeds", "0", "1", "--methods", "baseline",
+            "--publish", "--epochs", str(cfg.epochs + 1)]
+    assert experiments.main(argv) == 2
+    assert f"{path} holds the shipped history of another config (epochs differ)" in _one_line(capsys)
+    shorter = {**history, "config": config_dict(load_config("digits", out=str(folder), seed=0, epochs=1))}
+    with pytest.raises(UserError, match="epochs differ"):
+        experiments.publish_history(shorter, path.stem, "test", dest=experiments.PUBLISHED)
+    assert path.read_text() == before and not (tmp_path / "runs").exists()
+    experiments.publish_history(history, path.stem, "again", dest=experiments.PUBLISHED)   # the same config: fine
+    assert "again" in path.read_text()
