@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import contextlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -40,7 +41,7 @@ from .utils import UserError, exclusive_lock
 __all__ = ["CheckpointError", "ConfigMismatchError", "MUTABLE_FIELDS", "CONFIG_FILE", "HISTORY_FILE", "RUN_FILES",
            "atomic_save", "atomic_json", "load_checkpoint", "load_history", "config_dict", "config_diff",
            "stored_config", "check_config", "prepare_run_dir", "nonfinite_tensors", "first_nonfinite",
-           "hold_run_dir", "LOCK_FILE", "restoring", "check_optimizer_state"]
+           "hold_run_dir", "LOCK_FILE", "restoring", "check_optimizer_state", "history_problem"]
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -194,17 +195,17 @@ def load_history(path: str | Path) -> dict[str, Any]:
         history = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is truncated or not JSON ({err.__class__.__name__}); {resume}") from err
-    if not isinstance(history, dict) or not {"config", "epochs"} <= history.keys():
-        raise CheckpointError(f"{path} is not a bgtutorial history (no 'config'/'epochs'); {resume}")
-    problem = _history_problem(history)
+    problem = history_problem(history)
     if problem:
         raise CheckpointError(f"{path} is not a bgtutorial history ({problem}); {resume}")
     return history
 
 
-def _history_problem(history: Mapping[str, Any]) -> str | None:
-    """What is wrong with the shape of a parsed history, or ``None``: a config dict, a list of epoch
-    records (dicts numbered 1, 2, ... with numeric values), optional lists of steps."""
+def history_problem(history: Any) -> str | None:
+    """What is wrong with the shape of a parsed history, or ``None``: a dict with a config dict, a list of
+    epoch records (dicts numbered 1, 2, ... with finite numeric values), optional lists of steps."""
+    if not isinstance(history, dict) or not {"config", "epochs"} <= history.keys():
+        return "no 'config'/'epochs'"
     if not isinstance(history["config"], dict):
         return f"'config' is a {type(history['config']).__name__}, not an object"
     epochs = history["epochs"]
@@ -216,6 +217,9 @@ def _history_problem(history: Mapping[str, Any]) -> str | None:
         bad = [k for k, v in record.items() if k != "val" and (isinstance(v, bool) or not isinstance(v, (int, float)))]
         if bad:
             return f"epoch record {i} holds non-numbers under {', '.join(map(repr, bad[:3]))}"
+        bad = [k for k, v in record.items() if k != "val" and not math.isfinite(v)]
+        if bad:
+            return f"epoch record {i} holds NaN or inf under {', '.join(map(repr, bad[:3]))}"
     if not isinstance(history.get("steps", []), list):
         return "'steps' is not a list"
     return None
@@ -356,12 +360,17 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
     One run per folder: while a run holds the lock, a second run into the folder (``--force``
     included) raises :class:`~bgtutorial.utils.LockedError` naming the holder, before it has read
     or deleted anything. The lock dies with its process (a killed run leaves no stale lock); the
-    folder, when this call created it and nothing was written into it, is removed again.
+    folders this call created (the run folder and any missing parent) are removed again when nothing
+    was written into them.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"the run folder {run_dir} is a file, not a folder: choose another --out (out=...)")
-    created = not run_dir.exists()
+    created = []                       # the folders this call makes, deepest first
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+        created.append(folder)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -378,6 +387,8 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
                                 f"(chmod u+w {run_dir}) or choose another --out") from None
             yield run_dir
     finally:
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()        # only when empty: a run that failed before writing leaves no folder
+        for folder in created:         # only when empty: a run that failed before writing leaves no folder
+            try:
+                folder.rmdir()
+            except OSError:
+                break

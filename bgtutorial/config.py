@@ -211,9 +211,12 @@ def _preset_file(name: str) -> dict[str, Any]:
                          "(optionally followed by -batchformer or -bgformer)")
     path = folder / f"{name}.toml"
     try:
-        values = tomllib.loads(path.read_text())
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"preset file {path} is not valid TOML ({err}); fix that line") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"preset file {path} is not UTF-8 text (byte {err.start}); a preset is a TOML file: "
+                         "restore it (reinstall bgtutorial)") from None
     check_preset_values(values, Config, f"preset file {path}", tables=tuple(BATCH_MODULES))
     return values
 

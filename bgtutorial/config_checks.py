@@ -15,10 +15,11 @@ import inspect
 import json
 import types
 import typing
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["check_types", "check_bounds", "check_preset_values", "check_module_kwargs", "check_paths",
+__all__ = ["check_types", "check_bounds", "check_preset_values", "check_module_kwargs", "check_paths", "path_problem",
            "MAX_SEED", "MAX_EMBED_DIM", "MAX_IMAGE_SIZE"]
 
 #: seeds are non-negative and below 2**32: NumPy's legacy seeding (``np.random.seed``) takes no more
@@ -187,6 +188,15 @@ def check_bounds(cfg: Any) -> None:
                                "--tau 0.2 (Hyp-ViT)")):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name}={getattr(cfg, name)} must be > 0: it is {what}")
+    if cfg.plain_weight != -1.0 and not 0.0 <= cfg.plain_weight <= 1.0:
+        raise ValueError(f"plain_weight={cfg.plain_weight} must be in [0, 1] (alpha: alpha L(plain) + (1 - alpha) "
+                         "L(module)), or -1 for one loss over both halves; pass e.g. --plain_weight 0.5")
+    if cfg.plain_weight != -1.0 and cfg.batch_module == "none":
+        raise ValueError(f"plain_weight={cfg.plain_weight} weights the plain and the batch module's halves of the "
+                         "loss: the baseline has no module half; leave plain_weight at -1 or pass a batch_module")
+    if cfg.module_loss != "auto" and cfg.batch_module == "none":
+        raise ValueError(f"module_loss={cfg.module_loss!r} chooses the batch module's half of the loss: the baseline "
+                         "has no module half; leave module_loss at auto or pass a batch_module")
     if cfg.embed_dim > MAX_EMBED_DIM:
         raise ValueError(f"embed_dim={cfg.embed_dim} is larger than {MAX_EMBED_DIM:,}: the papers embed in 128-512 "
                          f"dimensions, and the head and the proxies grow with it ({cfg.embed_dim:,} floats per image "
@@ -214,18 +224,47 @@ def check_bounds(cfg: Any) -> None:
 def _file_in_the_way(path: Path) -> Path | None:
     """``path`` or the first of its parents that exists as something other than a folder, else ``None``."""
     for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
+        if _exists(p):
             return None if p.is_dir() else p
     return None
 
 
+def _exists(path: Path) -> bool:
+    """``path`` exists (a broken link too); ``False`` for a name the system cannot even look up (too long)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return False
+
+
+def path_problem(path: str | Path, writable: bool = False) -> str | None:
+    """Why nothing could be written at the folder ``path``, or ``None``: it is (or lies under) a file, a
+    name in it is longer than the file system allows, or (``writable``) its nearest existing folder is
+    read-only. A phrase to follow the folder's name in a message."""
+    path = Path(path)
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        return "is a file" if blocker == path else f"lies under {blocker}, which is a file"
+    existing = next((p for p in (path, *path.parents) if _exists(p)), Path("."))
+    try:
+        name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):       # no pathconf (Windows) or no limit reported
+        name_max, path_max = 255, 4096
+    long = next((part for part in path.parts if len(part.encode()) > name_max), None)
+    if long is not None:
+        return f"has a name of {len(long.encode())} bytes ({long[:20]}...), more than the file system's {name_max}"
+    if len(str(path.absolute()).encode()) > path_max - 300:         # room for the run's own file names
+        return f"is a path of {len(str(path.absolute()))} characters, too long for the file system ({path_max})"
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {existing} is read-only"
+    return None
+
+
 def check_paths(cfg: Any) -> None:
-    """Raise ``ValueError`` when the run folder (``out``) or the data folder (``data_root``) is, or lies
-    under, a file: nothing could be written there."""
+    """Raise ``ValueError`` when the run folder (``out``) or the data folder (``data_root``) could not be
+    written (:func:`path_problem`): a file in the way, a name too long, a read-only run folder."""
     for option, path, what in (("--out (--runs for the experiments)", Path(cfg.run_dir), "the run folder"),
                                ("--data_root", Path(cfg.data_root), "the data folder")):
-        blocker = _file_in_the_way(path)
-        if blocker is not None:
-            where = "is a file" if blocker == path else f"lies under {blocker}, which is a file"
-            raise ValueError(f"{what} {path} {where}, not a folder; choose another {option} (a folder, created "
-                             "if missing)")
+        problem = path_problem(path, writable=what == "the run folder")
+        if problem is not None:
+            raise ValueError(f"{what} {path} {problem}; choose another {option} (a folder, created if missing)")

@@ -49,9 +49,12 @@ def _env_int(name: str, default: int) -> int:
 def setup() -> tuple[int, int, int]:
     """Start the process group when launched by torchrun; return (rank, world_size, local_rank)."""
     size = _env_int("WORLD_SIZE", 1)
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)      # checked even when unused
     if size <= 1:
         return 0, 1, 0
-    local = _env_int("LOCAL_RANK", 0)
+    if rank >= size:
+        raise ValueError(f"the environment variable RANK={rank} is not below WORLD_SIZE={size}: launch with torchrun, "
+                         "or unset RANK and WORLD_SIZE for a single process")
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":

@@ -10,7 +10,6 @@ raises ``ConfigMismatchError`` naming the fields (``force=True`` / ``--force`` r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -21,21 +20,34 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from .checkpoint import (HISTORY_FILE, ConfigMismatchError, check_config, load_checkpoint, load_history, restoring,
-                         stored_config)
+from .checkpoint import (HISTORY_FILE, ConfigMismatchError, check_config, history_problem, load_checkpoint,
+                         load_history, restoring, stored_config)
 from .models import BATCH_MODULES
 from .config import load_config
 from .train import train
 from .stats import paired_summary, paired_table, paired_table_against, paired_verdict, summarise
-from .utils import CLI_ERRORS, bars_disabled, error_line
+from .config_checks import check_paths
+from .utils import UserError, bars_disabled
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
            "publish_history", "optimiser_steps", "paired_summary", "paired_table", "published_study", "paired_verdict",
-           "published_stem", "variant_flags", "variant_dir", "VARIANTS", "MODULE_VARIANTS"]
+           "published_stem", "variant_flags", "variant_dir", "VARIANTS", "MODULE_VARIANTS", "distinct",
+           "publish_guard"]
 
 #: method name -> batch module; read from the one list in models.py ("none" is called "baseline" here)
 METHODS = {("baseline" if name == "none" else name): name for name in BATCH_MODULES}
+
+
+def distinct(values: Sequence[Any], what: str) -> None:
+    """``ValueError`` when ``values`` (a study's seeds, levels or methods) gives one twice: a rerun of a seed
+    is the same measurement, and would count as another paired seed."""
+    values = list(values)
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        shown = f"{twice[0]:g}" if isinstance(twice[0], float) else str(twice[0])
+        raise ValueError(f"{what}: {shown} is given twice; a rerun is the same measurement, not another one, so "
+                         "pass each value once")
 
 
 def _finished(cfg) -> dict[str, Any] | None:
@@ -57,6 +69,7 @@ def run_or_load(preset: str, out: str | Path, callback=None, force: bool = False
     run files and trains again. ``callback(history)`` is passed to :func:`train`.
     """
     cfg = load_config(preset, out=str(out), **overrides)
+    check_paths(cfg)
     h = None if force else _finished(cfg)
     return h if h is not None else train(cfg, resume=not force, callback=callback, force=force)
 
@@ -91,7 +104,7 @@ def _shipped(cfg, folder: str | Path, strict: bool, publish: str = "") -> dict[s
         if strict:
             raise FileNotFoundError(f"no shipped history {path.name} in {PUBLISHED}: {publish}")
         return None
-    h = json.loads(path.read_text())
+    h = _read_shipped(path)
     try:
         check_config(h["config"], cfg, f"the shipped history {path.name}")
     except ConfigMismatchError as err:
@@ -103,6 +116,25 @@ def _shipped(cfg, folder: str | Path, strict: bool, publish: str = "") -> dict[s
         if strict:
             raise ValueError(f"the shipped history {path.name} has {len(h['epochs'])} of {cfg.epochs} epochs: {publish}")
         return None
+    return h
+
+
+def _read_shipped(path: Path) -> dict[str, Any]:
+    """A shipped history, read and checked: ``UserError`` naming the file when it is not JSON, not a
+    history (:func:`~bgtutorial.checkpoint.history_problem`) or has no final R@1 and MAP@R."""
+    fix = ("reinstall bgtutorial, or train and publish that run again (python -m bgtutorial.experiments ... "
+           "--publish)")
+    try:
+        h = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"the shipped history {path} is not JSON ({type(err).__name__}): {fix}") from None
+    problem = history_problem(h)
+    if problem is None and not h["epochs"]:
+        problem = "no epoch record"
+    if problem is None and not {"R@1", "MAP@R"} <= h["epochs"][-1].keys():
+        problem = "its last epoch record has no R@1 or no MAP@R"
+    if problem:
+        raise UserError(f"the shipped history {path} is damaged ({problem}): {fix}")
     return h
 
 
@@ -126,6 +158,7 @@ def published_study(preset: str, methods: Sequence[str] = tuple(METHODS), seeds:
     whose shipped history belongs to another config raises ``ConfigMismatchError`` naming the
     fields; both messages say how to train and publish it.
     """
+    distinct(seeds, "seeds"), distinct(methods, "methods")
     out: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
         if method not in METHODS:
@@ -145,7 +178,7 @@ def published_study(preset: str, methods: Sequence[str] = tuple(METHODS), seeds:
 #: the study variants a shipped history's name and ``python -m bgtutorial.experiments`` flags carry:
 #: config field -> (its plain value, name suffix, command-line flag)
 VARIANTS = {"imbalance": (1.0, "-imbalance{:g}", "--imbalance {:g}"),
-            "steps_per_epoch": (0, "", "--steps-per-epoch {}"),
+            "steps_per_epoch": (0, "-steps{}", "--steps-per-epoch {}"),
             "shared_head": (True, "-unshared-head", "--unshared-head"),
             "module_loss": ("auto", "-{}-loss", "--module-loss {}"),
             "plain_weight": (-1.0, "-alpha{:g}", "--plain-weight {:g}")}
@@ -173,7 +206,8 @@ def _variants(config: Any) -> list[tuple[str, str]]:
 def published_stem(folder: str | Path, config: Any) -> str:
     """A shipped history's file stem: the run folder's name, then a suffix per study variant the
     config (a ``Config`` or a history's config dict) departs from: ``-imbalance<rho>`` for long-tailed
-    runs, ``-unshared-head`` when the module stream has its own head, ``-alpha<a>`` for a weighted
+    runs, ``-steps<n>`` for a set number of optimiser steps per epoch (never the plain run's name),
+    ``-unshared-head`` when the module stream has its own head, ``-alpha<a>`` for a weighted
     plain half (``plain_weight``), ``-lam<l>`` / ``-k<K>`` for BGFormer's λ and K. Runs of a variant
     carry the same folder names as the plain runs', in another runs directory."""
     return Path(folder).name + "".join(suffix for suffix, _ in _variants(config))
@@ -206,14 +240,37 @@ def publish_history(history: dict[str, Any], name: str, command: str, dest: str 
     ``command`` (what produced it), this machine and the number of optimiser steps are recorded
     under ``"published"`` (:func:`optimiser_steps` reads it back).
     """
+    dest = Path(dest)
+    path = dest / f"{name}.json"
+    publish_guard(history["config"], path)
     out = {k: v for k, v in history.items() if k != "steps"}
     out["published"] = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                         "device": history.get("device"), "optimiser_steps": len(history["steps"])}
-    dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"{name}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     return path
+
+
+def publish_guard(config: Any, path: str | Path) -> None:
+    """``UserError`` when ``path`` holds a shipped history of another config than ``config`` (a ``Config`` or
+    a history's config dict): publishing never files one run's history under another run's name."""
+    import dataclasses
+
+    from .config import Config
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    if isinstance(config, dict):
+        names = {f.name for f in dataclasses.fields(Config)}
+        config = Config(**{k: v for k, v in config.items() if k in names})
+    try:
+        check_config(_read_shipped(path)["config"], config, "")
+    except ConfigMismatchError as err:
+        fields = ", ".join(err.fields)
+        raise UserError(f"{path} holds the shipped history of another config ({fields} differ): publishing would "
+                        "replace it; publish that study under its own variant flags, or delete the file first if "
+                        "replacing it is meant") from None
 
 
 def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(METHODS), seeds: Sequence[int] = (0,),
@@ -227,6 +284,7 @@ def compare(preset: str, runs_dir: str | Path, methods: Sequence[str] = tuple(ME
     (:func:`published_history`) when one of this config exists, instead of being trained; such a
     history has a ``"published"`` key, and no weights (``last.pt``) come with it.
     """
+    distinct(seeds, "seeds"), distinct(methods, "methods")
     out: dict[str, list[dict[str, Any]]] = {}
     jobs = [(m, s) for m in methods for s in seeds]
     desc = f"{preset} noise={label_noise}" + (f" corrupt={corrupt}" if corrupt else "")
@@ -256,6 +314,7 @@ def robustness_study(preset: str, runs_dir: str | Path, noise_levels: Sequence[f
     """
     if field not in ROBUSTNESS_FIELDS:
         raise ValueError(f"field must be one of {', '.join(ROBUSTNESS_FIELDS)}, got {field!r}")
+    distinct(noise_levels, "noise_levels")
     return {p: compare(preset, runs_dir, methods, seeds, **{field: p}, **overrides) for p in noise_levels}
 
 
@@ -266,6 +325,7 @@ def ablate(preset: str, runs_dir: str | Path, field: str, values: Sequence[Any],
     from .config import Config
 
     config_fields = {f for f in Config.__dataclass_fields__}
+    distinct(values, "values")
     out = {}
     for value in tqdm(values, desc=f"ablate {field}", disable=bars_disabled(progress)):
         extra = dict(overrides)
@@ -379,114 +439,11 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last.pt", dev=None):
     return cfg, net.eval()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bgtutorial.experiments", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="glyphs")
-    p.add_argument("--runs", default="runs/study")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--noise", type=float, nargs="+", default=[0.0], help="levels of --field")
-    p.add_argument("--field", choices=ROBUSTNESS_FIELDS, default="label_noise",
-                   help="label_noise: share of labels flipped; corrupt: share of training images corrupted")
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--epochs", type=int, default=None)
-    v = p.add_argument_group("study variants (each run goes to a subfolder of --runs named by the variant, and its "
-                             "shipped history's name says the variant)")
-    v.add_argument("--imbalance", type=float, default=None,
-                   help="long-tailed training classes, rho = n_max / n_min")
-    v.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="optimiser steps per epoch (0: one pass over the training set); with --imbalance, the "
-                        "balanced run's count gives equal optimiser steps")
-    v.add_argument("--unshared-head", action="store_true", help="the module stream gets its own head and loss")
-    v.add_argument("--module-loss", choices=("one", "separate"), default=None,
-                   help="the module half's loss: one over the doubled batch, or its own (default: its own exactly "
-                        "with --unshared-head)")
-    v.add_argument("--plain-weight", type=float, default=None,
-                   help="alpha: loss = alpha L(plain) + (1 - alpha) L(module) (default: one loss over both halves)")
-    v.add_argument("--lam", type=float, default=None, help="BGFormer's lambda (visual vs label path)")
-    v.add_argument("--k", type=int, default=None, help="BGFormer's K (keys kept per query)")
-    p.add_argument("--publish", action="store_true",
-                   help="also write each finished run's history (no weights, no per-step losses) into the "
-                        "package's published/ folder, where compare(..., published=True) finds it; each run is "
-                        "published as soon as it finishes")
-    p.add_argument("--force", action="store_true",
-                   help="retrain runs whose folder holds another config (their run files are deleted)")
-    p.add_argument("--shipped", action="store_true",
-                   help="train nothing: read the histories shipped with the package and print the tables (with a "
-                        "study variant, also each method against its plain runs, paired by seed)")
-    return p
-
-
-def _overrides(a: argparse.Namespace) -> dict[str, Any]:
-    """The config overrides the command line asks for (study variants and budget)."""
-    extra: dict[str, Any] = {}
-    for field, value in (("epochs", a.epochs), ("imbalance", a.imbalance), ("steps_per_epoch", a.steps_per_epoch),
-                         ("plain_weight", a.plain_weight)):
-        if value is not None:
-            extra[field] = value
-    if a.unshared_head:
-        extra["shared_head"] = False
-    if a.module_loss is not None:
-        extra["module_loss"] = a.module_loss
-    module = {key: value for key, value in (("lam", a.lam), ("k", a.k)) if value is not None}
-    if module:
-        extra["module_kwargs"] = module
-    return extra
-
-
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    extra = _overrides(a)
-    if "module_kwargs" in extra and set(a.methods) != {"bgformer"}:
-        print("error: --lam and --k are BGFormer's options: run them with --methods bgformer (the other methods' "
-              "runs are the plain study's)", file=sys.stderr)
-        return 2
-    if a.shipped and (a.publish or a.force):
-        print("error: --shipped reads the shipped histories and trains nothing: drop --publish and --force",
-              file=sys.stderr)
-        return 2
-    runs = str(variant_dir(a.runs, extra))
-    command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
-    study: dict[float, dict[str, list[dict[str, Any]]]] = {}
-    plain: dict[float, dict[str, list[dict[str, Any]]]] = {}
-    try:
-        for level in a.noise:
-            for method in a.methods:
-                for seed in a.seeds:
-                    if a.shipped:
-                        h = published_study(a.preset, (method,), (seed,), **{a.field: level}, **extra)[method][0]
-                        if extra:
-                            plain.setdefault(level, {}).setdefault(method, []).append(
-                                published_study(a.preset, (method,), (seed,), **{a.field: level})[method][0])
-                    else:
-                        h = compare(a.preset, runs, (method,), (seed,), progress=False, force=a.force,
-                                    **{a.field: level}, **extra)[method][0]
-                    study.setdefault(level, {}).setdefault(method, []).append(h)
-                    print(f"{a.preset} {method} {a.field}={level:g} seed {seed}: R@1 {h['epochs'][-1]['R@1']:.3f}",
-                          flush=True)
-                    if a.publish:
-                        folder = run_folder(runs, a.preset, method, seed, **{a.field: level})
-                        print("published", publish_history(h, published_stem(folder, h["config"]), command, dest=PUBLISHED),
-                              flush=True)
-    except CLI_ERRORS as err:
-        print(f"error: {error_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again (without --force): finished runs are loaded, the "
-              "interrupted one resumes from its last.pt", file=sys.stderr)
-        return 130
-    print(f"| preset | {a.field.replace('_', ' ')} | method | R@1 mean ± std | MAP@R mean ± std | seeds |")
-    print("|---|---|---|---|---|---|")
-    for noise, res in study.items():
-        r1, mapr = summarise(res, "R@1"), summarise(res, "MAP@R")
-        for m in res:
-            print(f"| {a.preset} | {noise:g} | {m} | {r1[m][0]:.3f} ± {r1[m][1]:.3f} | "
-                  f"{mapr[m][0]:.3f} ± {mapr[m][1]:.3f} | {r1[m][2]} |")
-    print(paired_table(study, a.field))
-    if plain:
-        print(f"\n{' '.join(variant_flags(extra))} against the plain runs of the same method, paired by seed:")
-        print(paired_table_against(study, plain, a.field))
-    return 0
+    """``python -m bgtutorial.experiments``: :func:`bgtutorial.study_cli.main`."""
+    from .study_cli import main as study_main
+
+    return study_main(argv)
 
 
 if __name__ == "__main__":

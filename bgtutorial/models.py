@@ -39,8 +39,8 @@ POOLINGS = ("avg", "avgmax")
 HEAD_INITS = ("default", "kaiming_fanout", "orthogonal")
 
 
-#: the glyph backbone's pretrained weights, shipped in the package (``python -m bgtutorial.pretrain`` made
-#: them, on characters disjoint from the retrieval set); the JSON beside them holds their sha256
+#: the glyph backbone's pretrained weights, shipped in the package (``python -m bgtutorial.pretrain --publish``
+#: makes them, on characters disjoint from the retrieval set); the JSON beside them holds their sha256
 GLYPH_WEIGHTS = Path(__file__).parent / "weights" / "glyph-smallcnn.pt"
 
 
@@ -75,13 +75,29 @@ def load_glyph_weights(net: SmallCNN, path: str | Path = GLYPH_WEIGHTS) -> Small
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"the glyph backbone's weights {path} (or {meta_path.name}) are missing: reinstall "
-                                "bgtutorial, or make them with `python -m bgtutorial.pretrain`, or use pretrained=false")
-    expected = json.loads(meta_path.read_text())["sha256"]
+                                "bgtutorial, or make them with `python -m bgtutorial.pretrain --publish`, or use "
+                                "pretrained=false")
+    fix = "reinstall bgtutorial, or make them again with `python -m bgtutorial.pretrain --publish`"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path} is not JSON ({type(err).__name__}): {fix}") from None
+    expected = meta.get("sha256") if isinstance(meta, dict) else None
+    if not (isinstance(expected, str) and len(expected) == 64):
+        raise ValueError(f"{meta_path} holds no sha256 (a 64-digit hex string under \"sha256\"): {fix}")
     found = hashlib.sha256(path.read_bytes()).hexdigest()
     if found != expected:
         raise ValueError(f"{path} has sha256 {found[:12]}..., its JSON says {expected[:12]}...: the file is damaged or "
-                         "not the one the JSON describes; reinstall bgtutorial or run `python -m bgtutorial.pretrain`")
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                         f"not the one the JSON describes; {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        bad = [k for k, v in state.items() if not torch.isfinite(v).all()] if isinstance(state, dict) else []
+        if bad:
+            raise ValueError(f"weights {bad[0]} hold NaN or inf")
+        net.load_state_dict(state)
+    except Exception as err:      # a pickle weights_only refuses, a list, another network's shapes, NaN
+        detail = " ".join(str(err).split())[:160] or type(err).__name__
+        raise ValueError(f"{path} does not hold SmallCNN weights ({type(err).__name__}: {detail}): {fix}") from None
     return net
 
 

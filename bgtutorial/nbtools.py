@@ -9,8 +9,9 @@ edit of the cell shows up as a stale output (:func:`stale_cells`).
 ``python -m bgtutorial.nbtools check notebooks/*.ipynb`` lists stale cells and unclean outputs
 (warnings, tracebacks, figures kept only as ``<Figure ...>`` text, stray values such as a bare
 ``[]``); it exits 1 when it finds any. ``strip`` removes every output. A file that is not a
-notebook (not JSON, not a notebook's structure) gets one ``error:`` line, the other files are
-still handled, and the exit code is 2.
+notebook (not JSON, not a notebook's structure, odd ``bgtutorial`` metadata) gets one ``error:``
+line, the other files are still handled, and the exit code is 2; so does a notebook that ``strip`` or
+``execute`` could not write back (read-only), checked before it is run.
 
 Execution also keeps a record of how long the whole notebook took, on which machine and when
 (``metadata.bgtutorial.executed`` of the notebook), and writes that time wherever a notebook or the
@@ -263,12 +264,7 @@ def _main(argv: list[str]) -> int:
     usage = ("usage: python -m bgtutorial.nbtools {strip|check|execute} NOTEBOOK.ipynb ...\n"
              "       python -m bgtutorial.nbtools figure NOTEBOOK.ipynb TAG OUT.png")
     if len(argv) == 4 and argv[0] == "figure":
-        try:
-            print(export_figure(argv[1], argv[2], argv[3]))
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
+        return _figure(*argv[1:])
     if len(argv) < 2 or argv[0] not in ("strip", "check", "execute"):
         print(usage, file=sys.stderr)
         return 2
@@ -282,6 +278,11 @@ def _main(argv: list[str]) -> int:
         problem = _unreadable(p)
         if problem:                       # say so, go on with the other files, exit 2 at the end
             print(f"error: {p} {problem}", file=sys.stderr)
+            unreadable += 1
+            continue
+        problem = _not_writable([p] + ([_readme_of(p)] if cmd == "execute" else [])) if cmd != "check" else None
+        if problem:                       # checked before a notebook runs for minutes and cannot be saved
+            print(f"error: {problem}", file=sys.stderr)
             unreadable += 1
             continue
         if cmd == "strip":
@@ -311,6 +312,55 @@ def _readme_of(path: str | Path) -> Path | None:
     return readme if readme.is_file() else None
 
 
+def _odd_metadata(nb) -> str | None:
+    """Where the notebook's ``bgtutorial`` metadata is not what :func:`execute_notebook` writes, or ``None``."""
+    if not isinstance(nb.get("metadata"), dict):
+        return "the notebook's metadata is not an object"
+    record = nb.metadata.get(META_KEY, {})
+    executed = record.get("executed", {}) if isinstance(record, dict) else None
+    if not isinstance(executed, dict) or executed and not (
+            isinstance(executed.get("seconds"), (int, float)) and not isinstance(executed.get("seconds"), bool)
+            and isinstance(executed.get("machine"), str) and isinstance(executed.get("date"), str)):
+        return f"metadata.{META_KEY} is not {{'executed': {{'seconds', 'machine', 'date'}}}}"
+    for i, cell in enumerate(nb.cells):
+        meta = cell.get("metadata", {})
+        entry = meta.get(META_KEY, {}) if isinstance(meta, dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("source_sha256", ""), str):
+            return f"cell {i}: its metadata.{META_KEY} is not {{'source_sha256': '<hex>'}}"
+        if cell.get("cell_type") == "code" and not isinstance(cell.get("outputs", []), list):
+            return f"cell {i}: its outputs are not a list"
+    return None
+
+
+def _not_writable(paths: list[str | Path]) -> str | None:
+    """The first of ``paths`` that exists and cannot be written, as a phrase, or ``None``."""
+    for p in paths:
+        if p is not None and Path(p).exists() and not os.access(p, os.W_OK):
+            return f"{p} is read-only: make it writable (chmod u+w {p}) first; nothing was run or changed"
+    return None
+
+
+def _figure(path: str, tag: str, out: str) -> int:
+    """``figure``: one PNG out of a notebook, or one ``error:`` line naming what is at fault (exit 2)."""
+    target = Path(out)
+    try:
+        blocker = next((p for p in (target.parent, *target.parent.parents) if p.exists()), Path("."))
+        problem = (f"OUT {out} is a folder, not a .png file" if target.is_dir() else
+                   f"OUT {out} lies under {blocker}, which is a file" if not blocker.is_dir() else
+                   _not_writable([target if target.exists() else blocker]))
+    except OSError as err:        # a name too long to look up
+        problem = f"OUT {out[:60]}... cannot be used ({err.strerror}); choose another OUT"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        print(export_figure(path, tag, out))
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        print(f"error: {path}: {' '.join(str(err).split())[:200] or type(err).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _unreadable(path: str | Path) -> str | None:
     """Why ``path`` cannot be read as a notebook (not JSON, not a notebook's structure), or ``None``."""
     import json
@@ -321,6 +371,9 @@ def _unreadable(path: str | Path) -> str | None:
         nb = nbformat.read(path, as_version=4)
         if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "cell_type" in c for c in nb.cells):
             return "is not a notebook (no list of cells); pass .ipynb files only"
+        odd = _odd_metadata(nb)
+        if odd:
+            return f"has odd metadata ({odd}); fix or delete that entry (or strip the notebook in Jupyter)"
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         return f"is not JSON ({type(err).__name__}: {' '.join(str(err).split())[:100]}); pass .ipynb files only"
     except Exception as err:          # nbformat's NotJSONError, its schema's ValidationError, a JSON list ...

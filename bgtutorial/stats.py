@@ -4,6 +4,7 @@ interval excludes 0. ``bgtutorial.experiments`` re-exports these for the noteboo
 """
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any, Sequence
 
@@ -33,6 +34,11 @@ def paired_summary(treatment: Sequence[float], baseline: Sequence[float], confid
         raise ValueError(f"an interval needs at least 2 paired seeds, got {len(treatment)}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    for side, values in (("treatment", treatment), ("baseline", baseline)):
+        bad = [(i, v) for i, v in enumerate(values) if not math.isfinite(float(v))]
+        if bad:
+            raise ValueError(f"paired_summary: {side} value {bad[0][0]} is {bad[0][1]}, not a finite number (a "
+                             "diverged run or a damaged history): drop that seed from both sides or rerun it")
     diffs = [float(t) - float(b) for t, b in zip(treatment, baseline)]
     n, mean, std = len(diffs), statistics.mean(diffs), statistics.stdev(diffs)
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / n ** 0.5
@@ -109,6 +115,29 @@ def summarise(results: dict[str, list[dict[str, Any]]], metric: str = "R@1") -> 
     return out
 
 
+def _seeds(hs: Sequence[dict[str, Any]], what: str) -> list[Any] | None:
+    """The seeds of ``what``'s histories (read from their configs), ``None`` when a history has no config;
+    ``ValueError`` when a seed repeats: two runs of one seed are one measurement, not two."""
+    seeds = [h["config"].get("seed") if isinstance(h.get("config"), dict) else None for h in hs]
+    if None in seeds:
+        return None
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{what} holds seed {repeated[0]} {seeds.count(repeated[0])} times (seeds {seeds}): a rerun "
+                         "of one seed is the same measurement, not another paired seed; pass each seed once")
+    return seeds
+
+
+def _paired(hs: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], what: str, metric: str) -> dict[str, float]:
+    """:func:`paired_summary` of the final ``metric`` of ``hs`` against ``base``, after checking that both are
+    of distinct seeds and pair seed i with seed i (when their configs name the seeds)."""
+    seeds, base_seeds = _seeds(hs, what), _seeds(base, f"{what}'s reference")
+    if seeds is not None and base_seeds is not None and seeds != base_seeds:
+        raise ValueError(f"{what} pairs seeds {seeds} with its reference's {base_seeds}: run both with the same "
+                         "seeds, in the same order")
+    return paired_summary([h["epochs"][-1][metric] for h in hs], [h["epochs"][-1][metric] for h in base])
+
+
 def _cell(s: dict[str, float]) -> str:
     """One table cell of a paired_summary: mean [low, high] and the rule's verdict."""
     verdict = "supported" if s["low"] > 0 or s["high"] < 0 else "interval holds 0"
@@ -126,10 +155,7 @@ def paired_table(study: dict[float, dict[str, list[dict[str, Any]]]], field: str
         for m, hs in res.items():
             if m == "baseline":
                 continue
-            cells = []
-            for metric in metrics:
-                cells.append(_cell(paired_summary([h["epochs"][-1][metric] for h in hs],
-                                                  [h["epochs"][-1][metric] for h in res["baseline"]])))
+            cells = [_cell(_paired(hs, res["baseline"], f"{m} at {field} {level:g}", metric)) for metric in metrics]
             rows.append(f"| {level:g} | {m} − baseline | " + " | ".join(cells) + f" | {len(hs)} |")
     if not rows:
         return ""
@@ -147,9 +173,7 @@ def paired_table_against(study: dict[float, dict[str, list[dict[str, Any]]]],
             + " | seeds |", "|---|---|" + "---|" * len(metrics) + "---|"]
     for level, res in reference.items():
         for method, base in res.items():
-            cells = []
-            for metric in metrics:
-                cells.append(_cell(paired_summary([h["epochs"][-1][metric] for h in study[level][method]],
-                                                  [h["epochs"][-1][metric] for h in base])))
+            cells = [_cell(_paired(study[level][method], base, f"{method} at {field} {level:g}", metric))
+                     for metric in metrics]
             rows.append(f"| {level:g} | {method} | " + " | ".join(cells) + f" | {len(base)} |")
     return "\n".join(rows)

@@ -248,13 +248,13 @@ def _set_up(cfg: Config, force: bool) -> _Run:
     train_ds, val_ds, test_ds = build_splits(cfg)
     model, criterion = build_model(cfg, num_classes=len(set(train_ds.targets)))
     _check_frozen(cfg, model)
-    prepare_run_dir(run, cfg, force=force, write=rank == 0)     # data and model built: (force: clear,) write config.json
+    sampler = _batch_sampler(cfg, train_ds, rank, world_size)
+    prec = Precision(cfg.precision, dev)
+    prepare_run_dir(run, cfg, force=force, write=rank == 0)     # data, model, batches known good: write config.json
     if world_size > 1:
         torch.distributed.barrier()
     model, net = _place(cfg, model, criterion, dev, world_size, local_rank)
     optimizer = build_optimizer(cfg, model, criterion)
-    prec = Precision(cfg.precision, dev)
-    sampler = _batch_sampler(cfg, train_ds, rank, world_size)
     steps_per_epoch = sampler.num_batches
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
     history: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(dev),

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 import platform
 import random
 import re
 import shlex
 import socket
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -179,6 +181,28 @@ def _holder() -> str:
             f"since {datetime.datetime.now().isoformat(timespec='seconds')}")
 
 
+def _open_lock_file(path: Path, what: str):
+    """Open (or create) the lock file ``path`` for reading and writing, never through a symbolic link and
+    only when it is a regular file: anything else at ``path`` (a link, a folder, a pipe) raises
+    :class:`UserError` naming it, and nothing is written."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    fix = f"it is not {what or 'the folder'}'s lock file; move it away (mv {path} {path}.old) and run again"
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link, where a lock file belongs: {fix}")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | nofollow | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, where a lock file belongs: {fix}") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link, where a lock file belongs: {fix}") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path} is not a regular file, where a lock file belongs: {fix}")
+    return os.fdopen(fd, "r+")
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str | Path, wait: bool = True, what: str = "", hint: str = "") -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (POSIX ``flock``) for the ``with`` block.
@@ -187,7 +211,9 @@ def exclusive_lock(path: str | Path, wait: bool = True, what: str = "", hint: st
     release; the kernel drops the lock when its process dies, so a killed holder never leaves a
     stale lock behind. ``wait=True`` waits for the holder to finish (processes started together,
     e.g. torchrun's ranks extracting CUB once); ``wait=False`` raises :class:`LockedError` at once,
-    "``what`` is in use by <holder>; ``hint``". Without ``fcntl`` (Windows), or on a file system
+    "``what`` is in use by <holder>; ``hint``". Only a regular file is a lock: a symbolic link, a
+    folder or a pipe at ``path`` raises :class:`UserError`, and nothing is written through it
+    (:func:`_open_lock_file`). Without ``fcntl`` (Windows), or on a file system
     that refuses locks (a warning says so), nothing is locked.
     """
     try:
@@ -197,7 +223,7 @@ def exclusive_lock(path: str | Path, wait: bool = True, what: str = "", hint: st
         return
     path = Path(path)
     while True:
-        handle = open(path, "a+")
+        handle = _open_lock_file(path, what)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

@@ -24,3 +24,21 @@ def fake_cub_root(tmp_path_factory, fake_archive):
     root = tmp_path_factory.mktemp("cub")
     download_cub(root, url=fake_cub_url(fake_archive[0]), md5=fake_archive[1])
     return root
+
+
+@pytest.fixture
+def interrupt_pretraining(monkeypatch):
+    """Ctrl-C during pretraining's second epoch (its second held-out evaluation), once epoch 1's
+    checkpoint is written; call the returned function to let the next run go through."""
+    from bgtutorial import pretrain as pt
+
+    top1, calls = pt._top1, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return top1(*args, **kwargs)
+
+    monkeypatch.setattr(pt, "_top1", interrupted)
+    return lambda: monkeypatch.setattr(pt, "_top1", top1)

@@ -63,7 +63,7 @@ def test_shift_crop_is_random_crop_with_edge_padding():
         assert torch.equal(out[i].float(), padded[i, :, dy[i]:dy[i] + 10, dx[i]:dx[i] + 12])
 
 
-def test_pretrain_runs_writes_a_matching_json_and_resumes(tmp_path, monkeypatch):
+def test_pretrain_runs_writes_a_matching_json_and_resumes(tmp_path, monkeypatch, request):
     monkeypatch.setattr(pt, "pretraining_characters", lambda: ("→", "♣", "∞", "♠"))
     kw = dict(epochs=2, per_class=6, heldout=2, batch_size=8, data_root=str(tmp_path / "data"), progress=False)
     meta = pt.pretrain(tmp_path / "out", tmp_path / "work", **kw)
@@ -79,19 +79,11 @@ def test_pretrain_runs_writes_a_matching_json_and_resumes(tmp_path, monkeypatch)
     assert all(torch.equal(first[k], again[k]) for k in first)
     # a run interrupted after its first epoch resumes from the checkpoint and ends where the straight run did
     shutil.rmtree(tmp_path / "work")
-    top1, calls = pt._top1, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return top1(*args, **kwargs)
-
-    monkeypatch.setattr(pt, "_top1", interrupted)
+    go_on = request.getfixturevalue("interrupt_pretraining")
     with pytest.raises(KeyboardInterrupt):
         pt.pretrain(tmp_path / "half", tmp_path / "work", **kw)
     assert torch.load(tmp_path / "work" / "last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(pt, "_top1", top1)
+    go_on()
     pt.pretrain(tmp_path / "half", tmp_path / "work", **kw)
     resumed = torch.load(tmp_path / "half" / GLYPH_WEIGHTS.name, weights_only=True)
     assert all(torch.equal(first[k], resumed[k]) for k in first)

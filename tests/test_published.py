@@ -145,7 +145,7 @@ def test_the_package_ships_the_from_scratch_glyphs_study():
 def test_the_package_ships_the_long_tailed_and_unshared_head_studies():
     """docs/results.md's long-tailed table and notebook 02's claims (a) and (b) read these."""
     names = {p.stem for p in SHIPPED}
-    want = {f"glyphs-scratch-{m}-noise0-seed{s}-imbalance10" for m in experiments.METHODS for s in (0, 1, 2)}
+    want = {f"glyphs-scratch-{m}-noise0-seed{s}-imbalance10-steps51" for m in experiments.METHODS for s in (0, 1, 2)}
     want |= {f"glyphs-scratch-batchformer-noise0-seed{s}-unshared-head" for s in (0, 1, 2)}
     assert want <= names, sorted(want - names)
     for s in (0, 1, 2):                              # the unshared runs carry the module head's metrics

@@ -81,7 +81,7 @@ def test_a_shipped_name_spells_every_study_variant_and_the_flags_retrain_it():
     plain = load_config("glyphs", out=str(folder), batch_module="bgformer")
     assert experiments.published_stem(folder, plain) == "glyphs-bgformer-noise0.2-seed3"
     assert experiments.variant_flags(plain) == [] and experiments.variant_dir("runs/study", plain).name == "study"
-    cases = [({"imbalance": 10.0, "steps_per_epoch": 51}, "-imbalance10", ["--imbalance 10", "--steps-per-epoch 51"],
+    cases = [({"imbalance": 10.0, "steps_per_epoch": 51}, "-imbalance10-steps51", ["--imbalance 10", "--steps-per-epoch 51"],
               "imbalance10-steps51"),
              ({"shared_head": False}, "-unshared-head", ["--unshared-head"], "unshared-head"),
              ({"plain_weight": 0.01}, "-alpha0.01", ["--plain-weight 0.01"], "alpha0.01"),
@@ -138,5 +138,5 @@ def test_shipped_prints_a_variant_against_its_plain_runs_and_trains_nothing(shel
     assert "--lam 1 against the plain runs of the same method" in out
     assert experiments.main(argv + ["--publish"]) == 2
     assert "--shipped reads the shipped histories and trains nothing" in capsys.readouterr().err
-    assert experiments.main(argv[:-1] + ["--seeds", "7", "--shipped"]) == 2       # not shipped: a one-line error
+    assert experiments.main(argv[:-1] + ["--seeds", "7", "8", "--shipped"]) == 2  # not shipped: a one-line error
     assert "no shipped history digits-bgformer-noise0-seed7-lam1.json" in capsys.readouterr().err

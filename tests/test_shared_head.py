@@ -180,3 +180,5 @@ def test_module_loss_separates_the_head_from_the_form_of_the_loss():
     assert auto.module_loss is not None and sep.module_loss is not None
     with pytest.raises(ValueError, match="module_loss must be one of auto, one, separate"):
         load_config("digits-batchformer", module_loss="two")
+    with pytest.raises(ValueError, match="the baseline has no module half"):
+        load_config("digits", module_loss="one")
