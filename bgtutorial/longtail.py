@@ -89,19 +89,11 @@ METRICS = ("top1", "top1_many", "top1_medium", "top1_few")
 
 
 def lt_folder(runs_dir: str | Path, condition: str, seed: int) -> Path:
-    """Where :func:`lt_study` trains a run: ``<runs>/glyphs-lt-<condition>-seed<s>``; its shipped history
-    is ``published/glyphs-lt-<condition>-seed<s>.json``."""
+    """Where :func:`lt_study` trains a run: ``<runs>/glyphs-lt-<condition>-seed<s>``; its shipped history is
+    ``published/glyphs-lt-<condition>-seed<s>-imbalance100.json`` (:func:`bgtutorial.experiments.published_stem`)."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
     return Path(runs_dir) / f"glyphs-lt-{condition}-seed{seed}"
-
-
-def _config(runs_dir: str | Path, condition: str, seed: int, **overrides: Any):
-    from .config import load_config
-
-    loss, module = CONDITIONS[condition]
-    return load_config("glyphs-lt", out=str(lt_folder(runs_dir, condition, seed)), seed=seed, loss=loss,
-                       batch_module=module, **overrides)
 
 
 def lt_study(runs_dir: str | Path = "runs/glyphs-lt", seeds: Sequence[int] = (0,),
@@ -113,22 +105,23 @@ def lt_study(runs_dir: str | Path = "runs/glyphs-lt", seeds: Sequence[int] = (0,
     command recorded when each finished history is written into ``bgtutorial/published/``.
     Seeds pair the conditions: a seed fixes the classifier's initialisation and the batch order
     whatever the loss and module, and the data split is the same for every run (``data_seed``)."""
-    from .experiments import PUBLISHED, _shipped, publish_history, run_or_load
+    from .config import load_config
+    from .experiments import PUBLISHED, _shipped, publish_history, published_stem, run_or_load
 
     out: dict[str, list[dict[str, Any]]] = {}
     for condition in conditions:
         for seed in seeds:
-            cfg = _config(runs_dir, condition, seed, **overrides)
             folder = lt_folder(runs_dir, condition, seed)
+            loss, module = CONDITIONS[condition]
+            kw = {"progress": False, **overrides, "seed": seed, "loss": loss, "batch_module": module}
+            cfg = load_config("glyphs-lt", out=str(folder), **kw)
             if shipped:
                 how = f"train and publish it: python -m bgtutorial.longtail --conditions {condition} --seeds {seed} --publish"
                 h = _shipped(cfg, folder, strict=True, publish=how)
             else:
-                loss, module = CONDITIONS[condition]
-                h = run_or_load("glyphs-lt", folder, force=force, progress=False, seed=seed, loss=loss,
-                                batch_module=module, **overrides)
+                h = run_or_load("glyphs-lt", folder, force=force, **kw)
                 if publish:
-                    publish_history(h, folder.name, publish, dest=PUBLISHED)
+                    publish_history(h, published_stem(folder, cfg), publish, dest=PUBLISHED)
             out.setdefault(condition, []).append(h)
     return out
 
