@@ -14,6 +14,8 @@
   engine (:func:`bgtutorial.experiments.run_or_load`), and ``--shipped`` prints the tables from the
   histories shipped in ``bgtutorial/published/`` without training. The paired rule is
   :mod:`bgtutorial.stats`: per-seed differences, a 95 % t-interval, "supported" when it excludes 0.
+* **The mechanism** (:func:`head_tail_coupling`): in a trained module, how much Few-class samples attend
+  to Many-class ones, and how much gradient Many-class losses send to Few-class features.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Any, Sequence
 import torch
 
 __all__ = ["MANY_SHOT", "FEW_SHOT", "CIFAR_N_MAX", "shot_thresholds", "shot_groups", "top1_metrics",
-           "classification_metrics", "CONDITIONS", "lt_folder", "lt_study", "lt_tables", "main"]
+           "classification_metrics", "head_tail_coupling", "CONDITIONS", "lt_folder", "lt_study", "lt_tables", "main"]
 
 #: Many-shot classes have more than this many training images, Few-shot fewer than :data:`FEW_SHOT`
 MANY_SHOT = 100
@@ -79,6 +81,48 @@ def classification_metrics(model: torch.nn.Module, dataset, class_counts: Sequen
     logits, _, labels = embed_dataset(model, dataset, batch_size, dev, outputs="head_and_features")
     _refuse_non_finite(logits)
     return top1_metrics(logits.argmax(dim=1), labels, class_counts)
+
+
+# ------------------------------------------------------------------------------------- the mechanism
+def head_tail_coupling(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       class_counts: Sequence[int]) -> dict[str, float]:
+    """Do head-class samples reach tail-class ones through a trained BatchFormer? One batch x (B, 3, H, W),
+    y (B,), the network in eval mode (no dropout), groups by :func:`shot_groups` of ``class_counts``:
+
+    * ``attention_few_to_many``: the attention weight a Few-class sample puts on the batch's Many-class
+      samples, summed over them, averaged over the first layer's heads and the Few samples;
+      ``attention_uniform``: the same under uniform attention, the Many samples' share of the batch.
+    * ``grad_many_to_few``: the mean of ‖∂ℓ_i/∂f_j‖ over Many-class samples i and Few-class samples j,
+      where ℓ_i is sample i's cross-entropy from the shared classifier on the module's output and f_j
+      sample j's backbone feature: the gradient head-class losses send to tail-class features (exactly 0
+      without the module). ``grad_self``: the mean ‖∂ℓ_j/∂f_j‖ of the Few samples, for scale.
+
+    The batch must hold at least one Many-class and one Few-class sample (``ValueError`` otherwise).
+    """
+    import torch.nn.functional as F
+
+    module = getattr(model, "batch_module", None)
+    if module is None or not hasattr(module, "layers"):
+        raise ValueError("head_tail_coupling needs a network with a BatchFormer (batch_module='batchformer')")
+    groups = shot_groups(class_counts)
+    kind = [groups[int(c)] for c in y]
+    many = [i for i, g in enumerate(kind) if g == "many"]
+    few = [i for i, g in enumerate(kind) if g == "few"]
+    if not many or not few:
+        raise ValueError(f"the batch holds {len(many)} Many-class and {len(few)} Few-class samples: it needs both")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(x).float()                                     # (B, D)
+        attn = module.layers[0].attention_weights(feats).mean(0)              # (B, B), rows sum to 1
+    feats.requires_grad_(True)
+    losses = F.cross_entropy(model.head(module(feats)), y, reduction="none")  # (B,)
+    rows = {i: torch.autograd.grad(losses[i], feats, retain_graph=True)[0].norm(dim=1) for i in set(many) | set(few)}
+    model.train(was_training)
+    return {"attention_few_to_many": float(attn[few][:, many].sum(1).mean()),
+            "attention_uniform": len(many) / len(kind),
+            "grad_many_to_few": float(torch.stack([rows[i][few] for i in many]).mean()),
+            "grad_self": float(torch.stack([rows[j][j] for j in few]).mean())}
 
 
 # ------------------------------------------------------------------------------------- the study

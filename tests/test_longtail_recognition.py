@@ -194,3 +194,24 @@ def test_study_trains_publishes_and_reads_back_the_shipped_histories(tmp_path, m
         assert all("steps" not in h and h["published"]["command"] == "test" for h in shipped[condition])
     assert shipped["bsce-batchformer"][1]["config"]["loss"] == "balanced_softmax"
     assert sorted(p.name for p in (tmp_path / "published").iterdir())[0] == "glyphs-lt-bsce-batchformer-seed0-imbalance100.json"
+
+
+def test_head_tail_coupling_reads_attention_and_cross_sample_gradient():
+    torch.manual_seed(0)
+    _, model, _ = _tiny_model()
+    counts = [200, 150, 50, 30, 5, 3]                  # classes 0, 1 Many; 2, 3 Medium; 4, 5 Few
+    x, y = torch.rand(8, 3, 32, 32), torch.tensor([0, 1, 0, 2, 3, 4, 5, 4])
+    got = longtail.head_tail_coupling(model, x, y, counts)
+    assert got["attention_uniform"] == 3 / 8
+    assert 0.0 < got["attention_few_to_many"] < 1.0 and got["grad_many_to_few"] > 0 and got["grad_self"] > 0
+    layer = model.batch_module.layers[0]
+    with torch.no_grad():
+        layer.qkv.weight.zero_()                       # equal scores: every row attends uniformly
+        layer.qkv.bias.zero_()
+    uniform = longtail.head_tail_coupling(model, x, y, counts)
+    assert uniform["attention_few_to_many"] == pytest.approx(3 / 8)
+    with torch.no_grad():
+        layer.proj.weight.zero_()                      # no attention output: only per-sample paths are left
+    assert longtail.head_tail_coupling(model, x, y, counts)["grad_many_to_few"] == 0.0
+    with pytest.raises(ValueError, match="Few-class"):
+        longtail.head_tail_coupling(model, x, torch.tensor([0, 1, 0, 2, 3, 2, 3, 1]), counts)
