@@ -27,7 +27,7 @@ from .models import BATCH_MODULES
 from .config import load_config
 from .train import train
 from .stats import paired_summary, paired_table, paired_table_against, paired_verdict, summarise
-from .utils import CLI_ERRORS, bars_disabled, error_line
+from .utils import bars_disabled, run_cli
 
 __all__ = ["run_or_load", "compare", "robustness_study", "ablate", "summarise", "embed_run", "head_metrics",
            "METHODS", "ROBUSTNESS_FIELDS", "run_folder", "load_run_model", "PUBLISHED", "published_history",
@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
     study: dict[float, dict[str, list[dict[str, Any]]]] = {}
     plain: dict[float, dict[str, list[dict[str, Any]]]] = {}
-    try:
+
+    def run_all() -> int:
         for level in a.noise:
             for method in a.methods:
                 for seed in a.seeds:
@@ -462,13 +463,11 @@ def main(argv: list[str] | None = None) -> int:
                         folder = run_folder(runs, a.preset, method, seed, **{a.field: level})
                         print("published", publish_history(h, published_stem(folder, h["config"]), command, dest=PUBLISHED),
                               flush=True)
-    except CLI_ERRORS as err:
-        print(f"error: {error_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again (without --force): finished runs are loaded, the "
-              "interrupted one resumes from its last.pt", file=sys.stderr)
-        return 130
+        return 0
+
+    code = run_cli(run_all)
+    if code:
+        return code
     print(f"| preset | {a.field.replace('_', ' ')} | method | R@1 mean ± std | MAP@R mean ± std | seeds |")
     print("|---|---|---|---|---|---|")
     for noise, res in study.items():

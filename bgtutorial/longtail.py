@@ -219,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .utils import CLI_ERRORS, error_line
+    from .utils import run_cli
 
     a = _parser().parse_args(argv)
     if a.shipped and (a.publish or a.force):
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = {} if a.epochs is None else {"epochs": a.epochs}
     command = "python -m bgtutorial.longtail " + " ".join(argv if argv is not None else sys.argv[1:])
     study: dict[str, list[dict[str, Any]]] = {}
-    try:
+
+    def run_all() -> int:
         for seed in a.seeds:              # seed by seed: an interrupted study already holds whole pairs
             for condition in a.conditions:
                 h = lt_study(a.runs, (seed,), (condition,), shipped=a.shipped, publish=command if a.publish else "",
@@ -239,14 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"glyphs-lt {condition} seed {seed}: " + ", ".join(
                     f"{m} {last[m]:.3f}" if last[m] is not None else f"{m} -" for m in METRICS), flush=True)
         print(lt_tables(study))
-    except CLI_ERRORS as err:
-        print(f"error: {error_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again (without --force): finished runs are loaded, the "
-              "interrupted one resumes from its last.pt", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_cli(run_all)
 
 
 if __name__ == "__main__":
