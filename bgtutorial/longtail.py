@@ -147,8 +147,8 @@ def lt_study(runs_dir: str | Path = "runs/glyphs-lt", seeds: Sequence[int] = (0,
     interrupted) by the one engine; ``shipped=True`` trains nothing and reads the package's shipped
     histories (a missing one raises ``FileNotFoundError`` saying how to make it). ``publish``: the
     command recorded when each finished history is written into ``bgtutorial/published/``.
-    Seeds pair the conditions: a seed fixes the classifier's initialisation and the batch order
-    whatever the loss and module, and the data split is the same for every run (``data_seed``)."""
+    Seeds pair the conditions: a seed gives the same batches whatever the loss and module, and every
+    run trains and tests on the same split (``data_seed``)."""
     from .config import load_config
     from .experiments import PUBLISHED, _shipped, publish_history, published_stem, run_or_load
 
