@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """A small text table: one row per name, one column per metric."""
     cols = list(next(iter(rows.values())).keys())
-    lines = [f"{'':<14}" + "".join(f"{c:>8}" for c in cols)]
+    w = {c: max(8, len(c) + 2) for c in cols}
+    lines = [f"{'':<14}" + "".join(f"{c:>{w[c]}}" for c in cols)]
     for name, vals in rows.items():
-        lines.append(f"{name:<14}" + "".join(f"{'-':>8}" if vals[c] is None else f"{vals[c]:>8.3f}" for c in cols))
+        lines.append(f"{name:<14}" + "".join(f"{'-':>{w[c]}}" if vals[c] is None else f"{vals[c]:>{w[c]}.3f}" for c in cols))
     return "\n".join(lines)
 
 
