@@ -150,16 +150,25 @@ def test_recognition_and_retrieval_do_not_mix():
 def test_one_tiny_run_of_the_preset_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--preset", "glyphs-lt-batchformer", "--out", str(out), "--data_root", str(tmp_path / "data"),
-            "--glyph_classes", "12", "--glyph_per_class", "24", "--glyph_test_per_class", "3", "--epochs", "2",
+            "--glyph_classes", "12", "--glyph_per_class", "120", "--glyph_test_per_class", "3", "--epochs", "2",
             "--batch_size", "16", "--loss", "balanced_softmax", "--progress", "false"]
     assert train_main(argv) == 0
     h = json.loads((out / "history.json").read_text())
     assert h["config"]["imbalance"] == 100.0 and h["config"]["batch_module"] == "batchformer"
-    assert sum(h["class_counts"]) == 24 + sum(max(2, round(24 * 100 ** (-r / 11))) for r in range(1, 12))
+    assert sum(h["class_counts"]) == 120 + sum(max(2, round(120 * 100 ** (-r / 11))) for r in range(1, 12))
     for record in h["epochs"]:
         assert {"top1", "top1_many", "top1_medium", "top1_few"} <= set(record)
         assert 0.0 <= record["top1"] <= 1.0
     assert "loss_plain" in h["epochs"][-1]               # the doubled batch's plain half, logged apart
+    from bgtutorial.experiments import load_run_model    # the trained module, for the mechanism's measures
+
+    cfg, net = load_run_model(out)
+    assert net.head.out_features == 12 and net.batch_module is not None
+    counts = h["class_counts"]
+    groups = longtail.shot_groups(counts)
+    y = torch.tensor([groups.index("many"), groups.index("few"), groups.index("medium"), groups.index("few")])
+    got = longtail.head_tail_coupling(net, torch.rand(4, 3, 32, 32), y, counts)
+    assert got["attention_uniform"] == 0.25 and got["grad_many_to_few"] > 0
 
 
 def test_study_tables_read_the_paired_rule():
