@@ -197,7 +197,9 @@ def _check_task(cfg: Config) -> None:
     if cfg.classification != (cfg.dataset == "glyphs-lt"):
         raise ValueError(f"loss={cfg.loss!r} with dataset={cfg.dataset!r}: the classification losses "
                          f"({', '.join(CLASSIFICATION_LOSSES)}) go with dataset 'glyphs-lt' (closed-set recognition) "
-                         "and the metric losses with the retrieval datasets; try --preset glyphs-lt")
+                         "and the metric losses with the retrieval datasets; "
+                         + ("pass --loss cross_entropy or balanced_softmax" if cfg.dataset == "glyphs-lt"
+                            else "for recognition use --preset glyphs-lt"))
     if cfg.classification and cfg.val_classes:
         raise ValueError("val_classes holds out classes for retrieval; glyphs-lt is closed-set recognition, "
                          "where every class trains: pass --val_classes 0")
