@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """A small text table: one row per name, one column per metric."""
     cols = list(next(iter(rows.values())).keys())
-    lines = [f"{'':<14}" + "".join(f"{c:>8}" for c in cols)]
+    w = {c: max(8, len(c) + 2) for c in cols}
+    lines = [f"{'':<14}" + "".join(f"{c:>{w[c]}}" for c in cols)]
     for name, vals in rows.items():
-        lines.append(f"{name:<14}" + "".join(f"{vals[c]:>8.3f}" for c in cols))
+        lines.append(f"{name:<14}" + "".join(f"{'-':>{w[c]}}" if vals[c] is None else f"{vals[c]:>{w[c]}.3f}" for c in cols))
     return "\n".join(lines)
 
 
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if rank != 0:
         return 0
     keys = ("R@1", "R@2", "R@4", "R@8", "MAP@R") + (("NMI",) if cfg.eval_nmi else ())
+    if cfg.classification:          # recognition: top-1 overall and per Many / Medium / Few group ("-": empty)
+        keys = ("top1", "top1_many", "top1_medium", "top1_few")
     print(format_table({"before": {k: history["initial"][k] for k in keys},
                         "after": {k: history["epochs"][-1][k] for k in keys}}))
     print(f"run folder: {cfg.run_dir}")

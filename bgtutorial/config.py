@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from .config_checks import check_bounds, check_preset_values, check_types
-from .losses import LOSSES
+from .losses import CLASSIFICATION_LOSSES, LOSSES
 from .models import BACKBONES, BATCH_MODULES, HEAD_INITS, POOLINGS
 from .precision import PRECISIONS
 from .utils import device
 
 __all__ = ["Config", "load_config", "PRESETS", "DATASETS", "MODULES", "SAMPLERS"]
 
-PRESETS = ("glyphs", "glyphs-quick", "glyphs-scratch", "digits", "smoke", "cub-resnet50", "cub-vits")
-DATASETS = ("glyphs", "digits", "fake-cub", "cub")
+PRESETS = ("glyphs", "glyphs-quick", "glyphs-scratch", "glyphs-lt", "digits", "smoke", "cub-resnet50", "cub-vits")
+DATASETS = ("glyphs", "digits", "fake-cub", "cub", "glyphs-lt")
 MODULES = tuple(BATCH_MODULES)         # "none", "batchformer", "bgformer": listed once, in models.py
 SAMPLERS = ("m_per_class", "random")
 CORRUPT_KINDS = ("mixed", "occlude", "noise")   # Config.corrupt_kind: "mixed" or one of data.perturb.CORRUPTIONS
@@ -37,7 +37,7 @@ MODULE_LOSSES = ("auto", "one", "separate")    # Config.module_loss: "auto" is "
 class Config:
     """Every knob of a run. Presets set some fields; the CLI can override any of them."""
     preset: str = "glyphs"
-    dataset: str = "glyphs"            # glyphs | digits | fake-cub | cub
+    dataset: str = "glyphs"            # glyphs | digits | fake-cub | cub | glyphs-lt (closed-set recognition)
     data_root: str = "data"
     out: str = ""                      # run folder (default runs/<preset>-seed<seed>)
     seed: int = 0
@@ -52,7 +52,7 @@ class Config:
     module_lr_mult: float = 1.0
     module_lr: float = 0.0             # >0: the batch module's own learning rate (overrides module_lr_mult)
     # loss
-    loss: str = "proxy_anchor"
+    loss: str = "proxy_anchor"         # metric learning; cross_entropy | balanced_softmax for glyphs-lt
     margin: float = 0.1
     alpha: float = 32.0
     proxy_lr_mult: float = 100.0
@@ -85,7 +85,8 @@ class Config:
     val_classes: int = 0               # >0: hold out that many training classes for model selection
     views: int = 4                     # digits only
     glyph_classes: int = 0             # glyphs only: 0 = every distinct character (about 200); else an evenly spaced subset
-    glyph_per_class: int = 60          # glyphs only: images per class (CUB-200 has about 59)
+    glyph_per_class: int = 60          # glyphs only: images per class (CUB-200 has about 59); glyphs-lt: n_max
+    glyph_test_per_class: int = 20     # glyphs-lt only: test images per class (balanced, other render seeds)
     data_seed: int = 0                 # glyphs: the renderings' seed, fixed like CUB's photographs (`seed` varies training); also the long-tailed split's
     fake_classes: int = 20             # fake-cub only
     fake_per_class: int = 8
@@ -125,8 +126,9 @@ class Config:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.batch_module not in MODULES:
             raise ValueError(f"unknown batch_module {self.batch_module!r}; choose one of {', '.join(MODULES)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.loss not in LOSSES + CLASSIFICATION_LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES + CLASSIFICATION_LOSSES)}")
+        _check_task(self)
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.schedule not in ("cosine", "step", "constant"):
@@ -148,7 +150,7 @@ class Config:
                               ("pair_reduction", ("sum", "mean"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        if self.sampler == "random" and self.batch_module != "none":
+        if self.sampler == "random" and self.batch_module != "none" and not self.classification:
             raise ValueError("the batch modules need positives in every batch: use sampler='m_per_class' with "
                              f"batch_module={self.batch_module!r} (random batches are for the plain baseline)")
         if self.sampler == "random" and self.loss == "hyperbolic":
@@ -187,8 +189,29 @@ class Config:
         return self
 
     @property
+    def classification(self) -> bool:
+        """Closed-set recognition (``glyphs-lt`` with a classification loss), not metric learning."""
+        return self.loss in CLASSIFICATION_LOSSES
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.preset}-seed{self.seed}")
+
+
+def _check_task(cfg: Config) -> None:
+    """Recognition and retrieval do not mix: the classification losses go with ``glyphs-lt`` and back."""
+    if cfg.classification != (cfg.dataset == "glyphs-lt"):
+        raise ValueError(f"loss={cfg.loss!r} with dataset={cfg.dataset!r}: the classification losses "
+                         f"({', '.join(CLASSIFICATION_LOSSES)}) go with dataset 'glyphs-lt' (closed-set recognition) "
+                         "and the metric losses with the retrieval datasets; "
+                         + ("pass --loss cross_entropy or balanced_softmax" if cfg.dataset == "glyphs-lt"
+                            else "for recognition use --preset glyphs-lt"))
+    if cfg.classification and cfg.val_classes:
+        raise ValueError("val_classes holds out classes for retrieval; glyphs-lt is closed-set recognition, "
+                         "where every class trains: pass --val_classes 0")
+    if not 1 <= cfg.glyph_test_per_class <= 1000:
+        raise ValueError(f"glyph_test_per_class must be in [1, 1000] (every image is rendered and kept in memory), "
+                         f"got {cfg.glyph_test_per_class}; pass e.g. --glyph_test_per_class 20")
 
 
 #: smallest allowed value of the numeric fields (``lr`` and ``lr_gamma`` must be > 0)

@@ -98,7 +98,8 @@ def hyperbolic_metrics(head: torch.Tensor, features: torch.Tensor, labels: torch
 
 
 def evaluate(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, with_nmi: bool = True,
-             dev: torch.device | None = None, cfg: Config | None = None) -> dict[str, float]:
+             dev: torch.device | None = None, cfg: Config | None = None,
+             class_counts: list[int] | None = None) -> dict[str, float]:
     """Recall@1/2/4/8, MAP@R (and NMI) of the model on a test set (cosine of the embeddings);
     for a config with the hyperbolic loss, both of Hyp-ViT's evaluations (:func:`hyperbolic_metrics`).
     This is how a run's history scores it; ``experiments.head_metrics`` and ``embed_run`` follow it.
@@ -108,9 +109,16 @@ def evaluate(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, with_
     hyperbolic run): the history then holds the train/test mismatch per epoch, without weights
     (:func:`bgtutorial.experiments.head_metrics` computes the same from a checkpoint).
 
+    A classification config (``glyphs-lt``) is scored by top-1 accuracy instead, overall and per
+    Many / Medium / Few group of ``class_counts`` (:func:`bgtutorial.longtail.classification_metrics`).
+
     Raises ``FloatingPointError`` when an embedding is not finite (a diverged model would
     otherwise find each query's twin NaN and score a perfect Recall@1).
     """
+    if cfg is not None and cfg.classification:
+        from .longtail import classification_metrics
+
+        return classification_metrics(model, dataset, class_counts, batch_size, dev)
     module_head = getattr(model, "module_head", None)
     if cfg is not None and cfg.loss == "hyperbolic":
         from .losses import to_poincare

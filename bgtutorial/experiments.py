@@ -433,9 +433,12 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last.pt", dev=None):
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir)
     dev = dev or device(cfg.device or None)
-    net = build_net(cfg, pretrained=False).to(dev)
     with restoring(run_dir / checkpoint, _RETRAIN):
-        net.load_state_dict(load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"])
+        state = load_checkpoint(run_dir / checkpoint, dev, config=cfg)["model"]
+        classes = len(state["head.bias"]) if cfg.classification else None     # glyphs-lt: the classifier's width
+    net = build_net(cfg, pretrained=False, num_classes=classes).to(dev)
+    with restoring(run_dir / checkpoint, _RETRAIN):
+        net.load_state_dict(state)
     return cfg, net.eval()
 
 

@@ -1,5 +1,7 @@
 """Metric-learning losses: Proxy-Anchor (Kim et al., CVPR 2020) by default, multi-similarity as an
-option, and Hyp-ViT's hyperbolic pairwise cross-entropy (Ermolov et al., CVPR 2022) for the paper tier.
+option, and Hyp-ViT's hyperbolic pairwise cross-entropy (Ermolov et al., CVPR 2022) for the paper tier;
+for long-tailed recognition (``glyphs-lt``), cross-entropy and the Balanced Softmax (Ren et al., NeurIPS
+2020) over a classifier's logits (:func:`balanced_softmax_loss`, :class:`ClassifierLoss`).
 
 Proxy-Anchor and multi-similarity come from pytorch-metric-learning; the hyperbolic loss,
 which no well-kept library ships, is written here (:class:`HyperbolicPairLoss`). :class:`MetricLoss` adds what the batch modules
@@ -13,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MetricLoss", "LOSSES", "HyperbolicPairLoss", "to_poincare", "poincare_distance", "poincare_knn"]
+__all__ = ["MetricLoss", "LOSSES", "HyperbolicPairLoss", "to_poincare", "poincare_distance", "poincare_knn",
+           "CLASSIFICATION_LOSSES", "balanced_softmax_loss", "ClassifierLoss"]
 
 LOSSES = ("proxy_anchor", "multi_similarity", "hyperbolic")
+#: losses over a classifier's logits (closed-set recognition, ``dataset="glyphs-lt"``)
+CLASSIFICATION_LOSSES = ("cross_entropy", "balanced_softmax")
 
 
 def to_poincare(x: torch.Tensor, c: float = 0.1, clip_r: float | None = 2.3) -> torch.Tensor:
@@ -189,3 +194,60 @@ class MetricLoss(nn.Module):
         module = self._one(emb[batch_size:], y[batch_size:], self.module_loss)
         self.last_parts = (plain.detach(), module.detach())
         return a * plain + (1 - a) * module
+
+
+def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, class_counts) -> torch.Tensor:
+    """The Balanced Softmax loss (Ren et al., NeurIPS 2020): cross-entropy of the logits shifted by the log
+    of the training class prior, ``CE(z + log n, y)`` with ``n[c]`` the training images of class c.
+
+    ``logits`` (B, C), ``targets`` (B,) class indices, ``class_counts`` C positive counts (a sequence
+    or a tensor); the mean over the batch. Adding ``log n`` is the same as adding ``log(n / sum n)``:
+    a constant per row cancels in the softmax. At test time the plain logits are used (no shift).
+    """
+    counts = torch.as_tensor(class_counts, dtype=torch.float32, device=logits.device)
+    if counts.ndim != 1 or counts.shape[0] != logits.shape[-1]:
+        raise ValueError(f"class_counts must hold one count per class ({logits.shape[-1]}), got shape "
+                         f"{tuple(counts.shape)}")
+    if not bool((counts > 0).all()):
+        raise ValueError("class_counts must be > 0 for every class (log 0 would remove a class from the softmax)")
+    return F.cross_entropy(logits.float() + counts.log(), targets)
+
+
+class ClassifierLoss(nn.Module):
+    """Cross-entropy or Balanced Softmax on logits (N, C), with :class:`MetricLoss`'s interface for the engine.
+
+    A doubled batch (plain half first, BatchFormer half second, labels repeated) is one loss averaged
+    over all 2B rows, both halves through the one shared classifier; with ``plain_weight=α``,
+    ``α·L(plain) + (1-α)·L(module)``. :attr:`last_parts` then holds each half's loss. No proxies.
+    """
+
+    def __init__(self, name: str, class_counts=None, plain_weight: float | None = None) -> None:
+        super().__init__()
+        if name not in CLASSIFICATION_LOSSES:
+            raise ValueError(f"unknown classification loss {name!r}; choose one of {', '.join(CLASSIFICATION_LOSSES)}")
+        if name == "balanced_softmax" and class_counts is None:
+            raise ValueError("the balanced_softmax loss needs class_counts, the training images per class")
+        self.name, self.plain_weight = name, plain_weight
+        self.class_counts = None if class_counts is None else [int(n) for n in class_counts]
+        self.last_parts: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def proxy_parameters(self) -> list[nn.Parameter]:
+        """None: a classifier's weights live in the network (its head)."""
+        return []
+
+    def _one(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.name == "balanced_softmax":
+            return balanced_softmax_loss(logits, y, self.class_counts)
+        return F.cross_entropy(logits.float(), y)
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """``batch_size`` is B of the plain half; a longer ``logits`` is a doubled batch."""
+        doubled = batch_size is not None and logits.shape[0] > batch_size
+        self.last_parts = None
+        if not doubled:
+            return self._one(logits, y)
+        plain, module = self._one(logits[:batch_size], y[:batch_size]), self._one(logits[batch_size:], y[batch_size:])
+        self.last_parts = (plain.detach(), module.detach())
+        if self.plain_weight is None:
+            return self._one(logits, y)
+        return self.plain_weight * plain + (1 - self.plain_weight) * module

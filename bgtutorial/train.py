@@ -56,7 +56,7 @@ from .config_checks import check_paths
 from .data.sampler import MPerClassBatchSampler, RandomBatchSampler, SeededBatches, SeededSamples
 from .data.splits import build_splits
 from .evaluate import evaluate
-from .losses import MetricLoss
+from .losses import ClassifierLoss, MetricLoss
 from .models import RetrievalNet, weights_record
 from .precision import Precision
 from .utils import bars_disabled, describe_device, device, seed_everything
@@ -65,16 +65,25 @@ __all__ = ["train", "build_net", "build_model", "build_optimizer", "set_trainabl
 
 
 # ------------------------------------------------------------- network, loss, optimiser
-def build_net(cfg: Config, with_module: bool = True, pretrained: bool | None = None) -> RetrievalNet:
-    """The config's network; ``with_module=False`` gives the test-time network (no batch module)."""
-    return RetrievalNet(cfg.backbone, cfg.embed_dim, cfg.pretrained if pretrained is None else pretrained,
+def build_net(cfg: Config, with_module: bool = True, pretrained: bool | None = None,
+              num_classes: int | None = None) -> RetrievalNet:
+    """The config's network; ``with_module=False`` gives the test-time network (no batch module). A classification
+    config's head is the classifier (``num_classes`` logits, raw in training), shared by both halves."""
+    if cfg.classification and num_classes is None:
+        raise ValueError(f"loss={cfg.loss!r} trains a classifier: build_net needs num_classes")
+    return RetrievalNet(cfg.backbone, num_classes if cfg.classification else cfg.embed_dim,
+                        cfg.pretrained if pretrained is None else pretrained,
                         cfg.batch_module if with_module else None, cfg.module_kwargs,
-                        normalize=cfg.loss != "hyperbolic", pooling=cfg.pooling, head_init=cfg.head_init,
-                        shared_head=cfg.shared_head, module_seed=cfg.seed)
+                        normalize=not (cfg.loss == "hyperbolic" or cfg.classification), pooling=cfg.pooling,
+                        head_init=cfg.head_init, shared_head=cfg.shared_head, module_seed=cfg.seed)
 
 
-def build_model(cfg: Config, num_classes: int) -> tuple[RetrievalNet, MetricLoss]:
-    """The network and its loss (with proxies) for a config."""
+def build_model(cfg: Config, num_classes: int, class_counts: list[int] | None = None) -> tuple[RetrievalNet, MetricLoss]:
+    """The network and its loss (with proxies) for a config; a classification config's loss is a
+    :class:`~bgtutorial.losses.ClassifierLoss` (``class_counts``: training images per class)."""
+    if cfg.classification:
+        return build_net(cfg, num_classes=num_classes), ClassifierLoss(
+            cfg.loss, class_counts, None if cfg.plain_weight < 0 else cfg.plain_weight)
     loss = MetricLoss(cfg.loss, num_classes, cfg.embed_dim, cfg.margin, cfg.alpha,
                       None if cfg.plain_weight < 0 else cfg.plain_weight, m=cfg.m, tau=cfg.tau, c=cfg.curvature,
                       clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction, separate_module_loss=separate_module_loss(cfg))
@@ -201,7 +210,7 @@ def _train(cfg: Config, resume: bool, callback, force: bool) -> dict[str, Any]:
             continue
         _record_epoch(run, epoch, metrics, val_metrics, seconds, n_images)
         if metrics:
-            epochs_bar.set_postfix({"R@1": f"{metrics['R@1']:.3f}"})
+            epochs_bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("R@1", "top1") if k in metrics})
         if callback is not None:
             callback(run.history)
     return run.history
@@ -246,7 +255,9 @@ def _set_up(cfg: Config, force: bool) -> _Run:
     run = cfg.run_dir
     prepare_run_dir(run, cfg, force=force, write=False)    # refuses another config before any work
     train_ds, val_ds, test_ds = build_splits(cfg)
-    model, criterion = build_model(cfg, num_classes=len(set(train_ds.targets)))
+    num_classes = len(set(train_ds.targets))
+    counts = [train_ds.targets.count(c) for c in range(num_classes)] if cfg.classification else None
+    model, criterion = build_model(cfg, num_classes, counts)
     _check_frozen(cfg, model)
     sampler = _batch_sampler(cfg, train_ds, rank, world_size)
     prec = Precision(cfg.precision, dev)
@@ -260,6 +271,7 @@ def _set_up(cfg: Config, force: bool) -> _Run:
     history: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": str(dev),
                                "device_name": describe_device(dev), "precision": prec.name, "backbone_weights": weights_record(cfg.backbone, cfg.pretrained),
                                "initial": None, "epochs": [], "steps": []}
+    history.update({} if counts is None else {"class_counts": counts})   # recognition: training images per class
     clip_params = [p for p in model.parameters()] + criterion.proxy_parameters()
     return _Run(cfg, dev, rank, world_size, run, train_ds, val_ds, test_ds, model, criterion, net, optimizer,
                 scheduler, prec, sampler, steps_per_epoch, history, clip_params)
@@ -358,7 +370,8 @@ def _save_last(run: _Run, epoch: int, batch: int) -> None:
 def _eval_now(run: _Run, dataset: Dataset) -> dict[str, float]:
     """Rank 0 evaluates; the other ranks wait for it (and get an empty dict)."""
     cfg = run.cfg
-    metrics = evaluate(run.model, dataset, cfg.eval_batch_size, cfg.eval_nmi, run.dev, cfg) if run.lead else {}
+    metrics = evaluate(run.model, dataset, cfg.eval_batch_size, cfg.eval_nmi, run.dev, cfg,
+                       run.history.get("class_counts")) if run.lead else {}
     if run.world_size > 1:
         torch.distributed.barrier()
     return metrics

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 __all__ = ["device", "seed_everything", "smoke_mode", "autocast_dtype", "bars_disabled", "UserError", "CLI_ERRORS",
-           "about", "check_gpu_memory", "LockedError", "exclusive_lock", "error_line"]
+           "about", "check_gpu_memory", "LockedError", "exclusive_lock", "error_line", "run_cli", "STUDY_INTERRUPTED"]
 
 
 class UserError(Exception):
@@ -38,6 +38,24 @@ class LockedError(UserError):
 #: the exceptions the CLIs turn into ``error: <message>`` on stderr and exit code 2
 CLI_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, PermissionError,
                                                FloatingPointError)
+
+
+#: what a study CLI prints on Ctrl-C: its runs are resumable
+STUDY_INTERRUPTED = ("interrupted: run the same command again (without --force): finished runs are loaded, the "
+                     "interrupted one resumes from its last.pt")
+
+
+def run_cli(body, interrupted: str = STUDY_INTERRUPTED) -> int:
+    """Run a CLI's ``body()`` (returns an exit code): an error of :data:`CLI_ERRORS` prints ``error: <one line>``
+    and gives 2, Ctrl-C prints ``interrupted`` and gives 130."""
+    try:
+        return body()
+    except CLI_ERRORS as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
 
 
 def error_line(err: BaseException) -> str:

@@ -17,6 +17,7 @@ from .cub_archive import download_cub
 from .digits import DigitsRetrieval
 from .fake_cub import fake_cub_url, make_fake_cub
 from .glyphs import GlyphsRetrieval
+from .glyphs_lt import GlyphsRecognition
 from .perturb import ClassSubset, CorruptedImages, NoisyLabels, flip_labels, long_tailed
 
 if TYPE_CHECKING:
@@ -35,11 +36,18 @@ def build_splits(cfg: Config) -> tuple[Dataset, Dataset | None, Dataset]:
     With ``cfg.imbalance = rho > 1`` the (remaining) training classes are then cut to a long-tailed
     profile (:func:`long_tailed`, seeded by ``data_seed``); validation and test classes stay whole.
     Label noise (``label_noise``) comes last, on the images that are kept.
+    ``dataset="glyphs-lt"`` is closed-set recognition instead: the same classes in both splits, the
+    test split balanced and rendered from other seeds (:class:`~bgtutorial.data.glyphs_lt.GlyphsRecognition`).
     """
-    if cfg.dataset in ("glyphs", "digits"):
+    if cfg.dataset in ("glyphs", "digits", "glyphs-lt"):
         from torchvision import transforms as T
         aug = T.RandomCrop(cfg.image_size, padding=2, padding_mode="edge")
-        if cfg.dataset == "glyphs":    # rendered once into <data_root>/glyphs-<hash>/, then loaded from there
+        if cfg.dataset == "glyphs-lt":     # closed set: every class in both splits
+            make = lambda split, transform=None: GlyphsRecognition(  # noqa: E731
+                split, per_class=cfg.glyph_per_class, seed=cfg.data_seed, canvas=cfg.image_size, transform=transform,
+                num_classes=cfg.glyph_classes or None, root=cfg.data_root, progress=cfg.progress,
+                test_per_class=cfg.glyph_test_per_class)
+        elif cfg.dataset == "glyphs":    # rendered once into <data_root>/glyphs-<hash>/, then loaded from there
             make = lambda split, transform=None: GlyphsRetrieval(  # noqa: E731
                 split, per_class=cfg.glyph_per_class, seed=cfg.data_seed, canvas=cfg.image_size, transform=transform,
                 num_classes=cfg.glyph_classes or None, root=cfg.data_root, progress=cfg.progress)
