@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from .claims import SEEDS, Arm, plan_arms
-from .utils import CLI_ERRORS, error_line
+from .utils import CLI_ERRORS, error_line, run_cli
 
 __all__ = ["Job", "plan_jobs", "run_job", "main"]
 
@@ -151,21 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bgtutorial.plan " + " ".join(argv if argv is not None else sys.argv[1:])
     ctx = multiprocessing.get_context("spawn")
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
-    try:
+
+    def body() -> int:
         with ProcessPoolExecutor(a.workers, mp_context=ctx) as pool:
             futures = {pool.submit(run_job, job, dest, command, a.threads, a.device): job for job in todo}
             for fut in tqdm(as_completed(futures), total=len(futures), desc="study plan"):
                 name, r1, seconds = fut.result()
                 print(f"{name}: R@1 {r1:.3f} ({seconds:.0f} s)" + (" published" if dest else ""), flush=True)
-    except CLI_ERRORS as err:
-        print(f"error: {error_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again: finished runs are skipped, an interrupted one resumes "
-              "from its last.pt", file=sys.stderr)
-        return 130
-    return 0
-
+        return 0
+    return run_cli(body, "interrupted: run the same command again: finished runs are skipped, an interrupted one "
+                         "resumes from its last.pt")
 
 if __name__ == "__main__":
     sys.exit(main())

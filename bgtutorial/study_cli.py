@@ -14,7 +14,7 @@ from typing import Any
 from . import experiments as ex
 from .config import load_config
 from .config_checks import check_paths
-from .utils import CLI_ERRORS, error_line
+from .utils import CLI_ERRORS, error_line, run_cli
 
 __all__ = ["main"]
 
@@ -164,16 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     command = "python -m bgtutorial.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
+
+    def body() -> int:
         runs = str(ex.variant_dir(a.runs, extra))
         _check_configs(a, extra, runs)
         study, plain = _study(a, extra, runs, command)
         _tables(a, extra, study, plain)
-    except CLI_ERRORS as err:
-        print(f"error: {error_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again (without --force): finished runs are loaded, the "
-              "interrupted one resumes from its last.pt", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+    return run_cli(body)
