@@ -39,6 +39,9 @@ __all__ = ["Ranking", "exact_space", "search_space", "rank_neighbours", "ranking
 
 _U = 2.0 ** -24                    # float32's unit roundoff
 _EXACT_BLOCK = 2 ** 21             # float64 entries per block of exact differences (16 MiB)
+#: deepest ranking searched in float32; deeper ones (MAP@R's R) search in float64, whose far smaller
+#: rounding bound leaves almost no near-ties to settle by exact distances (docs/benchmarks.md)
+FLOAT32_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,15 @@ def exact_space(embeddings: torch.Tensor, metric: str = "euclidean") -> torch.Te
     return x
 
 
-def search_space(x64: torch.Tensor) -> torch.Tensor:
+def search_space(x64: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """float64 embeddings (N, D) centred on the column midranges ``(min + max) / 2`` (order-free),
-    scaled by a power of two so that the largest |entry| lies in [1, 2), cast to float32."""
+    scaled by a power of two so that the largest |entry| lies in [1, 2), cast to ``dtype``."""
     lo, hi = torch.aminmax(x64, dim=0)                               # (D,) each
     x = x64 - (lo + hi) / 2
     top = float(x.abs().max()) if x.numel() else 0.0
     if top > 0.0:
         x = x * 2.0 ** (1 - math.frexp(top)[1])
-    return x.float()
+    return x.to(dtype)
 
 
 def _exact_pairs(x64: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -151,13 +154,15 @@ def rank_neighbours(embeddings: torch.Tensor, depth: int, chunk_size: int = 4096
     if not 1 <= depth <= n - 1:
         raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {depth}")
     x64 = exact_space(x, metric)
-    p = search_space(x64)                                                         # (N, D) float32
+    dtype = torch.float32 if depth <= FLOAT32_DEPTH else torch.float64
+    p = search_space(x64, dtype)                                                  # (N, D)
     sq = (p * p).sum(1)                                                           # (N,)
     norm = sq.double().sqrt()
-    margin = (p.shape[1] + 8) * _U * 1.1 * (norm + norm.max()) ** 2              # (N,) bound on |key - exact|
+    u = _U if dtype == torch.float32 else 2.0 ** -53
+    margin = (p.shape[1] + 8) * u * 1.1 * (norm + norm.max()) ** 2               # (N,) bound on |key - exact|
     db = rearrange(-2 * p, "n d -> d n")
     width = min(depth + extra, n - 1)                                             # candidates per query
-    buf = torch.empty(min(chunk_size, n), n, device=p.device)
+    buf = torch.empty(min(chunk_size, n), n, device=p.device, dtype=dtype)
     idx_parts, tie_parts = [], []
     for start in range(0, n, chunk_size):
         rows = torch.arange(start, min(start + chunk_size, n), device=p.device)
