@@ -69,9 +69,11 @@ def exact_space(embeddings: torch.Tensor, metric: str = "euclidean") -> torch.Te
         x = x.double()
     lo, hi = torch.aminmax(x)
     top = max(-float(lo), float(hi))
-    if top > 0.0:
-        shift = 1 - math.frexp(top)[1]                                            # top * 2**shift in [1, 2)
-        x = x * 2.0 ** (shift // 2) * 2.0 ** (shift - shift // 2)
+    shift = 1 - math.frexp(top)[1] if top > 0.0 else 0                           # top * 2**shift in [1, 2)
+    if shift and -1022 <= shift <= 1023:
+        x = x * 2.0 ** shift
+    elif shift:
+        x = x * 2.0 ** (shift // 2) * 2.0 ** (shift - shift // 2)                 # 2**shift alone would overflow
     if metric == "cosine":
         x = torch.nn.functional.normalize(x, dim=1)
     return x
@@ -81,11 +83,10 @@ def search_space(x64: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     """float64 embeddings (N, D) centred on the column midranges ``(min + max) / 2`` (order-free),
     scaled by a power of two so that the largest |entry| lies in [1, 2), cast to ``dtype``."""
     lo, hi = torch.aminmax(x64, dim=0)                               # (D,) each
-    x = x64 - (lo + hi) / 2
-    top = float(x.abs().max()) if x.numel() else 0.0
-    if top > 0.0:
-        x = x * 2.0 ** (1 - math.frexp(top)[1])
-    return x.to(dtype)
+    mid = (lo + hi) / 2
+    top = float(torch.maximum(hi - mid, mid - lo).max()) if x64.numel() else 0.0   # max |x - mid|, no pass over x
+    scale = 2.0 ** (1 - math.frexp(top)[1]) if top > 0.0 else 1.0
+    return ((x64 - mid) * scale).to(dtype)
 
 
 def _exact_pairs(x64: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -110,14 +111,13 @@ def _full_row(x64: torch.Tensor, row: int, key: torch.Tensor, bound: float) -> t
     return cand[order], tied
 
 
-def _chunk_keys(p: torch.Tensor, sq: torch.Tensor, db: torch.Tensor, rows: torch.Tensor,
+def _chunk_keys(p: torch.Tensor, sq: torch.Tensor, db: torch.Tensor, start: int, c: int,
                 buf: torch.Tensor) -> torch.Tensor:
-    """float32 keys ``|q|² - 2 q·x + |x|²`` (c, N) of the query rows, their own column +inf."""
-    c = rows.shape[0]
-    key = torch.mm(p[rows], db, out=buf[:c])
-    key += sq[rows, None]
+    """Keys ``|q|² - 2 q·x + |x|²`` (c, N) of the queries ``start .. start + c``, their own column +inf."""
+    key = torch.mm(p[start:start + c], db, out=buf[:c])
+    key += sq[start:start + c, None]
     key += sq
-    key[torch.arange(c, device=p.device), rows] = float("inf")
+    key[:, start:start + c].diagonal().fill_(float("inf"))
     return key
 
 
@@ -166,7 +166,7 @@ def rank_neighbours(embeddings: torch.Tensor, depth: int, chunk_size: int = 4096
     idx_parts, tie_parts = [], []
     for start in range(0, n, chunk_size):
         rows = torch.arange(start, min(start + chunk_size, n), device=p.device)
-        key = _chunk_keys(p, sq, db, rows, buf)
+        key = _chunk_keys(p, sq, db, start, rows.shape[0], buf)
         top = key.topk(width, dim=1, largest=False)                               # (c, W) nearest first
         idx, tied, cluster = _settle(x64, rows, top.values, top.indices, margin)
         # a row is complete when the cluster of its depth-th entry ends before the candidates do
