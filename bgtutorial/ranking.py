@@ -7,7 +7,9 @@ distance per pair, computed from the two embeddings alone, and ties are kept as 
 
 * **The exact space** (:func:`exact_space`): the embeddings in float64, divided by the power of
   two that brings the largest |entry| into [1, 2) (exact), L2-normalised in float64 for
-  ``metric="cosine"``. Floating input up to float64 converts exactly. Integers are shifted by
+  ``metric="cosine"``; float32 embeddings ranked by Euclidean distance are used as given (each
+  difference is taken in float64, where no square of a float32 value can overflow or vanish, and
+  a power-of-two scale would change no comparison). Floating input up to float64 converts exactly. Integers are shifted by
   each column's minimum in integer arithmetic first, so ``2**62 + i`` stays distinct from
   ``2**62 + j``; a column whose values span more than 2**53 cannot be held exactly in float64
   and is refused with ``ValueError``.
@@ -55,8 +57,12 @@ class Ranking:
 
 
 def exact_space(embeddings: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
-    """The float64 embeddings (N, D) whose pairwise distances define the ranking (module docstring)."""
+    """The embeddings (N, D) whose pairwise float64 distances define the ranking (module docstring):
+    float32 (or narrower) ones as given, for ``metric="euclidean"`` (scaling them would change no
+    comparison); the others in float64, scaled, normalised for ``"cosine"``."""
     x = torch.as_tensor(embeddings)
+    if metric == "euclidean" and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return x.float()      # as given: their squares neither overflow nor underflow in float64, no scale needed
     if not (x.is_floating_point() or x.is_complex()):
         lo, hi = x.long().min(dim=0).values, x.long().max(dim=0).values          # (D,) each
         spans = [int(h) - int(low) for low, h in zip(lo.tolist(), hi.tolist())]   # Python ints: no overflow
@@ -82,11 +88,13 @@ def exact_space(embeddings: torch.Tensor, metric: str = "euclidean") -> torch.Te
 def search_space(x64: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """float64 embeddings (N, D) centred on the column midranges ``(min + max) / 2`` (order-free),
     scaled by a power of two so that the largest |entry| lies in [1, 2), cast to ``dtype``."""
-    lo, hi = torch.aminmax(x64, dim=0)                               # (D,) each
+    lo, hi = (t.double() for t in torch.aminmax(x64, dim=0))        # (D,) each
     mid = (lo + hi) / 2
     top = float(torch.maximum(hi - mid, mid - lo).max()) if x64.numel() else 0.0   # max |x - mid|, no pass over x
     scale = 2.0 ** (1 - math.frexp(top)[1]) if top > 0.0 else 1.0
-    return ((x64 - mid) * scale).to(dtype)
+    if x64.dtype == dtype == torch.float32:                          # float32 as given: no float64 copy
+        return (x64 - mid.float()) * scale                           # the rounded midrange only translates
+    return ((x64.double() - mid) * scale).to(dtype)
 
 
 def _exact_pairs(x64: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -95,7 +103,7 @@ def _exact_pairs(x64: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.T
     out = torch.empty(a.shape, dtype=torch.float64, device=x64.device)
     step = max(1, _EXACT_BLOCK // max(1, x64.shape[1]))
     for s in range(0, a.shape[0], step):
-        diff = x64[a[s:s + step]] - x64[b[s:s + step]]                           # (s, D)
+        diff = x64[a[s:s + step]].double() - x64[b[s:s + step]].double()         # (s, D), exact for float32
         out[s:s + step] = (diff * diff).cumsum(1)[:, -1]
     return out
 
@@ -154,7 +162,8 @@ def rank_neighbours(embeddings: torch.Tensor, depth: int, chunk_size: int = 4096
     if not 1 <= depth <= n - 1:
         raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {depth}")
     x64 = exact_space(x, metric)
-    dtype = torch.float32 if depth <= FLOAT32_DEPTH else torch.float64
+    tf32 = x.is_cuda and torch.backends.cuda.matmul.allow_tf32                    # products of 10-bit mantissas
+    dtype = torch.float32 if depth <= FLOAT32_DEPTH and not tf32 else torch.float64
     p = search_space(x64, dtype)                                                  # (N, D)
     sq = (p * p).sum(1)                                                           # (N,)
     norm = sq.double().sqrt()
