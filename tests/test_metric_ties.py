@@ -116,6 +116,8 @@ def test_a_permutation_changes_nothing(metric):
         assert map_at_r(x[p], y[p], metric=metric) == base_m
         assert nmi(x[p], y[p]) == base_n
     assert 0.0 < base_r[1] < base_r[16] < 1.0
+    assert recall_at_k(x, y, ks=(1, 2, 4, 8, 16), metric=metric, chunk_size=7) == base_r   # chunks of other widths
+    assert map_at_r(x, y, metric=metric, chunk_size=7) == base_m
 
 
 def test_differences_below_float32_resolution_still_rank():
