@@ -138,3 +138,17 @@ def test_a_huge_epoch_costs_no_memory_up_front():
     assert len(s) == len(r) == 10**8 and len(first) == len(first_r) == 120
     assert first == eager_m_per_class(labels, 4, 120, 1, 0, 0)[0]
     assert load_config("glyphs", steps_per_epoch=10**8).steps_per_epoch == 10**8   # a long run, not a refused one
+
+
+def test_a_run_with_a_huge_epoch_draws_its_first_batch_at_once():
+    """The training path itself: the run's sampler (train._batch_sampler) for 10**8 steps per epoch."""
+    from bgtutorial.data.sampler import SeededBatches
+    from bgtutorial.data.splits import build_splits
+    from bgtutorial.train import _batch_sampler
+
+    cfg = load_config("digits", steps_per_epoch=10**8)
+    train_ds = build_splits(cfg)[0]
+    t = time.perf_counter()
+    sampler = _batch_sampler(cfg, train_ds, 0, 1)
+    first = next(iter(SeededBatches(sampler, cfg.seed)))
+    assert time.perf_counter() - t < 5.0 and sampler.num_batches == 10**8 and len(first) == cfg.batch_size
