@@ -104,7 +104,11 @@ def main() -> None:
     groups = {"matrix product (aten::mm)": ["aten::mm"],
               "norms added in place (aten::add_)": ["aten::add_"],
               "top-k (aten::topk)": ["aten::topk"],
-              "self-match masked (aten::fill_)": ["aten::fill_"]}
+              "self-match masked (aten::fill_)": ["aten::fill_"],
+              "exact and search spaces: float64 copy, scaling, centring (aten::copy_, mul, sub, aminmax)":
+                  ["aten::copy_", "aten::_to_copy", "aten::mul", "aten::sub", "aten::aminmax"],
+              "near-ties settled by exact distance (aten::index, cumsum, sort, argsort, gather)":
+                  ["aten::index", "aten::cumsum", "aten::sort", "aten::argsort", "aten::gather"]}
     print(f"\nwhere recall_at_k's time goes (torch.profiler, self CPU time, mean of {runs} calls; "
           f"the profiler's total {total:.3f} s)")
     print("| part | seconds | share |")
@@ -114,7 +118,7 @@ def main() -> None:
         t = sum(ops.get(k, 0.0) for k in keys)
         rest -= t
         print(f"| {label} | {t:.3f} | {t / total:.1%} |")
-    print(f"| everything else (norms, copies, label checks, ...) | {rest:.3f} | {rest / total:.1%} |")
+    print(f"| everything else (finiteness checks, tie flags, label checks, ...) | {rest:.3f} | {rest / total:.1%} |")
 
 
 if __name__ == "__main__":

@@ -219,6 +219,9 @@ def check_bounds(cfg: Any) -> None:
         check_module_kwargs(cfg.batch_module, cfg.module_kwargs)
     elif not isinstance(cfg.module_kwargs, dict):
         check_module_kwargs("none", cfg.module_kwargs)
+    from .resources import check_resources
+
+    check_resources(cfg)                 # memory sized from the config, before anything is allocated
 
 
 def _file_in_the_way(path: Path) -> Path | None:

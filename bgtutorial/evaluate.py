@@ -71,11 +71,14 @@ def embed_dataset(model: RetrievalNet, dataset: Dataset, batch_size: int = 256, 
 def poincare_metrics(z: torch.Tensor, labels: torch.Tensor, c: float, with_nmi: bool = True) -> dict[str, float]:
     """Recall@1/2/4/8 and MAP@R of points ``z`` (N, E) inside the Poincaré ball, ranked by Poincaré
     distance (Hyp-ViT's helpers.py L19-32), and NMI of k-means on the ball's coordinates."""
-    from .losses import poincare_knn
+    from .losses import poincare_distance
     from .metrics import map_at_r, nmi, recall_at_k
+    from .ranking import ranking_from_distances
 
     rmax = int(labels.unique(return_counts=True)[1].max()) - 1
-    nn_ = poincare_knn(z, min(max(8, rmax), z.shape[0] - 1), c)
+    zd = z.double()
+    nn_ = ranking_from_distances(lambda a, b: poincare_distance(zd[a:b], zd, c), z.shape[0],
+                                 min(max(8, rmax), z.shape[0] - 1))      # ties kept, as recall_at_k counts them
     out = {f"R@{k}": v for k, v in recall_at_k(z, labels, neighbours=nn_).items()}
     out["MAP@R"] = map_at_r(z, labels, neighbours=nn_)
     if with_nmi:

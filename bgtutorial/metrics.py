@@ -1,14 +1,18 @@
-"""Retrieval metrics: Recall@K, MAP@R and NMI, with exact kNN by chunked matrix products.
+"""Retrieval metrics: Recall@K, MAP@R and NMI, which no permutation of the samples changes.
 
-Every sample queries all the others (the query itself is excluded from its own
-neighbours), the CUB-200 retrieval protocol of docs/method.md. Non-finite embeddings are refused:
-NaN distances would otherwise rank every query's twin first and score a perfect Recall@1. Finite
-embeddings stay finite: before the search they are scaled by a power of two and centred, in float64
-(:func:`prepare_embeddings`), which leaves every distance's order as it was and keeps a column of
-1e20 (or of 1e-30) from overflowing (or vanishing in) the squared norms of float32. The distance
-matrix is never materialised whole: queries are processed ``chunk_size`` rows at a time in one reused
-(chunk_size, N) buffer (197 MB for 12,000 × 512 with the default 4096, faiss's own query
-block), so memory stays bounded on CPU or GPU. The chunk size does not change the result.
+Every sample queries all the others (the query itself is excluded from its own neighbours), the
+CUB-200 retrieval protocol of docs/method.md. Non-finite embeddings are refused: NaN distances
+would otherwise rank every query's twin first and score a perfect Recall@1.
+
+**Order of the samples.** The neighbours are ranked by one exact distance per pair and ties are
+kept (:mod:`bgtutorial.ranking`: float64 squared distances on the embeddings scaled by a power of
+two, found by a chunked float32 search whose rounding is bounded, so memory stays at one
+(chunk_size, N) buffer; integers are shifted exactly, so ``2**62 + i`` stays distinct). Recall@K
+and MAP@R count each group of tied neighbours by the expected value over its orderings
+(McSherry and Najork, "Computing information retrieval performance measures efficiently in the
+presence of tied scores", ECIR 2008); the means over queries are summed in sorted order; NMI's
+k-means sees the rows in lexicographic order. So a permutation of the samples changes none of
+the three. The chunk size does not change the result either.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from einops import rearrange
+
+from .ranking import Ranking, exact_space, rank_neighbours, search_space
 
 __all__ = ["knn", "prepare_embeddings", "recall_at_k", "map_at_r", "nmi", "retrieval_metrics"]
 
@@ -45,90 +50,62 @@ def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return embeddings, labels.to(embeddings.device)
 
 
-def _power_of_two_scale(x: torch.Tensor) -> torch.Tensor:
-    """``x`` divided by the power of two that brings its largest |entry| into [1, 2): exact in binary
-    floating point (only entries that underflow change). Float32 or float64, kept as given."""
-    lo, hi = torch.aminmax(x)
-    top = max(-float(lo), float(hi))
-    if top == 0.0:
-        return x
-    shift = 1 - math.frexp(top)[1]                                   # top * 2**shift in [1, 2)
-    if shift == 0:
-        return x
-    half = shift // 2                                                # two factors: 2**shift alone may overflow
-    return x * 2.0 ** half * 2.0 ** (shift - half)
-
-
 @torch.no_grad()
 def prepare_embeddings(embeddings: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
-    """The float32 embeddings (N, D) that :func:`knn` compares: the same neighbours, no overflow.
+    """The float32 embeddings (N, D) that the search compares: the same neighbours, no overflow.
 
-    Divided by a power of two so that the largest |entry| lies in [1, 2) (exact; float64 input is
-    scaled before it becomes float32, so values beyond float32's range survive), L2-normalised per
-    row for ``metric="cosine"``, centred (the column means, accumulated in float64, subtracted:
-    distances do not move, and a constant column goes exactly to 0) and scaled by a power of two
-    again. The squared norms of the search, ``|x|²`` (N,), are then at most 4·D, so finite
-    embeddings give finite distances (a column of 1e20 would overflow float32's squares to inf,
-    and ``inf - inf`` is NaN), and a large common offset no longer swamps the differences between
-    samples. About 0.1 s for 12,000 x 512 on a CPU. Non-finite input raises ``ValueError``.
+    The exact space of :func:`bgtutorial.ranking.exact_space` (float64, divided by a power of two so
+    that the largest |entry| lies in [1, 2), L2-normalised for ``metric="cosine"``; integers shifted
+    exactly, columns spanning more than 2**53 refused), centred on each column's midrange
+    ``(min + max) / 2`` in float64 (distances do not move, a constant column goes exactly to 0, and a
+    large common offset no longer swamps the differences between samples), scaled by a power of two
+    again and cast to float32. Each row is a function of its own values and of per-column minima and
+    maxima, so a permutation of the samples permutes the rows and changes none. The squared norms of
+    the search, ``|x|²`` (N,), are at most 4·D, so finite embeddings give finite distances.
+    Non-finite input raises ``ValueError``.
     """
     x = torch.as_tensor(embeddings)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(x.shape)}")
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-    if x.dtype != torch.float64:
-        x = x.float()                                                # ints, halves: float32 (halves exactly)
-    _check_finite(x)
-    x = _power_of_two_scale(x).float()                               # (N, D) float32, max |x| in [1, 2)
-    if metric == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)
-    mean = x.sum(dim=0, dtype=torch.float64) / x.shape[0]            # (D,) accumulated in float64
-    return _power_of_two_scale(x - mean.float())                     # (N, D) centred: distances unchanged
+    if x.is_floating_point():
+        _check_finite(x)
+    return search_space(exact_space(x, metric))
 
 
 @torch.no_grad()
 def knn(embeddings: torch.Tensor, k: int, chunk_size: int = 4096, metric: str = "euclidean") -> torch.Tensor:
-    """Indices (N, k) of each sample's k nearest other samples, nearest first.
+    """Indices (N, k) of each sample's k nearest other samples, nearest first, ties in index order.
 
-    Exact search by squared Euclidean distance ``|q|² - 2 q·x + |x|²`` on the embeddings of
-    :func:`prepare_embeddings` (scaled and centred, L2-normalised first for ``metric="cosine"``),
-    ``chunk_size`` queries at a time: one matrix product with ``-2 X`` (shape (D, N)), the two
-    squared norms added in place, the query's own column set to +inf (it is excluded), and a
-    top-k, all in one (chunk_size, N) buffer reused by every chunk. The indices are those of the
-    plain formula on the whole (N, N) matrix of the prepared embeddings, bit for bit in the tests
-    (``docs/benchmarks.md`` shows where the time goes).
+    Ranked by the exact squared Euclidean distance of :mod:`bgtutorial.ranking` (float64, one value
+    per pair; L2-normalised first for ``metric="cosine"``), found by a float32 search in chunks of
+    ``chunk_size`` queries (one reused (chunk_size, N) buffer) and checked against a rounding bound;
+    the query itself is excluded. :func:`rank_neighbours` keeps the ties, which the metrics need.
     """
     x = torch.as_tensor(embeddings)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(x.shape)}")
-    n = x.shape[0]
-    if not 1 <= k <= n - 1:
-        raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
-    x = prepare_embeddings(x, metric)                                # (N, D) float32, finite squares
-    sq = (x * x).sum(1)                                              # (N,) |x|²
-    db = rearrange(-2 * x, "n d -> d n")                             # (D, N); the factor 2 is exact
-    out = torch.empty(n, k, dtype=torch.long, device=x.device)
-    buf = torch.empty(min(chunk_size, n), n, device=x.device)        # (C, N), reused by every chunk
-    for start in range(0, n, chunk_size):
-        q = x[start:start + chunk_size]                              # (C, D)
-        c = q.shape[0]
-        key = torch.mm(q, db, out=buf[:c])                           # (C, N) -2 q·x
-        key += sq[start:start + c, None]                             # |q|² - 2 q·x
-        key += sq                                                    # |q|² - 2 q·x + |x|²
-        key[:, start:start + c].diagonal().fill_(float("inf"))       # exclude the query itself
-        out[start:start + c] = key.topk(k, dim=1, largest=False).indices
-    return out
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if x.is_floating_point():
+        _check_finite(x)
+    return rank_neighbours(x, k, chunk_size, metric).indices[:, :k]
 
 
 def _neighbours(embeddings: torch.Tensor, k: int, chunk_size: int, metric: str,
-                neighbours: torch.Tensor | None) -> torch.Tensor:
-    """The first k columns of precomputed ``knn`` indices, or a fresh search."""
+                neighbours: Ranking | None) -> Ranking:
+    """A precomputed :class:`Ranking` complete to rank k, or a fresh search."""
     if neighbours is None:
-        return knn(embeddings, k, chunk_size, metric)
-    if neighbours.shape[1] < k:
-        raise ValueError(f"neighbours holds {neighbours.shape[1]} columns, {k} are needed")
-    return neighbours[:, :k]
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        return rank_neighbours(embeddings, k, chunk_size, metric)
+    if not isinstance(neighbours, Ranking):
+        raise ValueError("neighbours must be a Ranking (rank_neighbours, ranking_from_distances): bare indices "
+                         "lose the ties, and the metrics would depend on the order of the samples")
+    if neighbours.depth < k:
+        raise ValueError(f"neighbours is complete to rank {neighbours.depth}, {k} are needed")
+    return neighbours
 
 
 def _check_ks(ks: Sequence[int]) -> None:
@@ -139,32 +116,69 @@ def _check_ks(ks: Sequence[int]) -> None:
                          "e.g. ks=(1, 2, 4, 8)")
 
 
+def _rel(ranking: Ranking, labels: torch.Tensor) -> torch.Tensor:
+    """(N, W) True where the neighbour holds the query's class (padding: False)."""
+    idx = ranking.indices
+    return (labels[idx.clamp(min=0)] == labels[:, None]) & (idx >= 0)
+
+
+def _groups(tied: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last column (N, W) of the tie group of every entry of a ranking."""
+    w = tied.shape[1]
+    col = torch.arange(w, device=tied.device).expand_as(tied)
+    first = torch.where(tied, torch.zeros_like(col), col).cummax(1).values
+    ends = torch.ones_like(tied)
+    ends[:, :-1] = ~tied[:, 1:]                                      # the next entry starts a new group
+    last = torch.where(ends, col, torch.full_like(col, w)).flip(1).cummin(1).values.flip(1)
+    return first, last
+
+
 def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8),
                 chunk_size: int = 4096, metric: str = "euclidean",
-                neighbours: torch.Tensor | None = None) -> dict[int, float]:
+                neighbours: Ranking | None = None) -> dict[int, float]:
     """Recall@K: share of queries whose K nearest other samples hold at least one of their class.
 
-    Returns ``{K: recall}`` for each K in ``ks`` (docs/method.md, "The task"). ``neighbours``: indices
-    from :func:`knn` with at least max(ks) columns, to reuse one search for several metrics.
+    Returns ``{K: recall}`` for each K in ``ks`` (docs/method.md, "The task"). **Ties** count by
+    their expected value over the orderings of the tied neighbours (McSherry and Najork, ECIR 2008):
+    when the K-th place falls inside a group of G neighbours at exactly the same distance, of which
+    h hold the query's class and m = K - (number strictly nearer) are retrieved, a query with no
+    hit strictly nearer scores ``1 - C(G-h, m) / C(G, m)``. So a permutation of the samples never
+    changes the result. K >= N retrieves every other sample. ``neighbours``: a :class:`Ranking`
+    from :func:`rank_neighbours` complete to rank min(max(ks), N-1), to share one search.
     """
     embeddings, labels = _check(embeddings, labels)
     _check_ks(ks)
     n = embeddings.shape[0]
-    kmax = min(max(ks), n - 1)                                      # K >= N-1: every other sample is retrieved
-    nn = _neighbours(embeddings, kmax, chunk_size, metric, neighbours)  # (N, Kmax)
-    hit = labels[nn] == labels[:, None]                             # (N, Kmax)
-    # rank of the first hit (0-based); a query with none gets max(ks), a miss at every K, also at K >= N
-    first = torch.where(hit.any(1), hit.long().argmax(1), torch.full_like(nn[:, 0], int(max(ks))))
-    return {int(k): float((first < k).double().mean()) for k in ks}
+    kmax = min(max(ks), n - 1)
+    ranking = _neighbours(embeddings, kmax, chunk_size, metric, neighbours)
+    rel = _rel(ranking, labels)                                       # (N, W)
+    first, last = _groups(ranking.tied)
+    before_hits = torch.cat([torch.zeros_like(rel[:, :1], dtype=torch.long), rel.long().cumsum(1)], 1)  # (N, W+1)
+    out = {}
+    for k in ks:
+        pos = torch.full((n, 1), min(int(k), n - 1) - 1, device=rel.device)   # 0-based rank of the K-th
+        a, b = first.gather(1, pos)[:, 0], last.gather(1, pos)[:, 0]          # (N,) its group's columns
+        hit_before = before_hits.gather(1, a[:, None])[:, 0] > 0
+        g = (b - a + 1).double()
+        h = (before_hits.gather(1, b[:, None] + 1)[:, 0] - before_hits.gather(1, a[:, None])[:, 0]).double()
+        m = (pos[:, 0] - a + 1).double()                             # places of the group inside the K
+        t = torch.arange(int(m.max()), device=rel.device, dtype=torch.float64)
+        miss = torch.where(t < m[:, None], ((g - h)[:, None] - t).clamp(min=0) / (g[:, None] - t), 1.0)
+        score = torch.where(hit_before, 1.0, 1.0 - miss.prod(1))
+        out[int(k)] = float(score.sort().values.mean())            # sorted: the same sum in any order
+    return out
 
 
 def map_at_r(embeddings: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096,
-             metric: str = "euclidean", neighbours: torch.Tensor | None = None) -> float:
+             metric: str = "euclidean", neighbours: Ranking | None = None) -> float:
     """MAP@R (Musgrave et al. 2020): for a query with R other samples of its class,
     ``(1/R) Σ_{i≤R} P(i)·rel(i)`` over its R nearest neighbours, averaged over queries.
 
-    Queries whose class has no other sample (R = 0) are left out of the mean. ``neighbours``:
-    indices from :func:`knn` with at least R_max columns (see :func:`recall_at_k`).
+    Queries whose class has no other sample (R = 0) are left out of the mean. **Ties** count by
+    their expected value over the orderings of each tie group (McSherry and Najork, ECIR 2008):
+    rank i inside a group that occupies ranks a+1..a+G, holds h samples of the class and follows H
+    of them, contributes ``(h/G)·(H + 1 + (i-a-1)(h-1)/(G-1)) / i``. ``neighbours``: a
+    :class:`Ranking` complete to rank R_max (see :func:`recall_at_k`).
     """
     embeddings, labels = _check(embeddings, labels)
     _, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
@@ -172,27 +186,37 @@ def map_at_r(embeddings: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4
     rmax = int(r.max())
     if rmax == 0:
         raise ValueError("MAP@R needs at least one class with two samples")
-    nn = _neighbours(embeddings, rmax, chunk_size, metric, neighbours)  # (N, Rmax)
-    rel = (labels[nn] == labels[:, None]).float()
-    rank = torch.arange(1, rmax + 1, device=rel.device, dtype=torch.float32)
-    within = rank[None, :] <= r[:, None]                             # only the first R ranks count
-    rel = rel * within
-    precision = rel.cumsum(1) / rank[None, :]
+    ranking = _neighbours(embeddings, rmax, chunk_size, metric, neighbours)
+    rel = _rel(ranking, labels)
+    first, last = _groups(ranking.tied)
+    hits = torch.cat([torch.zeros_like(rel[:, :1], dtype=torch.long), rel.long().cumsum(1)], 1).double()
+    big_h = hits.gather(1, first)                                    # (N, W) hits before the group
+    h = hits.gather(1, last + 1) - big_h                             # (N, W) hits inside the group
+    g = (last - first + 1).double()
+    col = torch.arange(rel.shape[1], device=rel.device, dtype=torch.float64)
+    inside = torch.where(g > 1, (col - first) * (h - 1) / (g - 1).clamp(min=1), 0.0)
+    term = h / g * (big_h + 1 + inside) / (col + 1)                  # (N, W) expected P(i) rel(i)
+    term = torch.where(col[None, :] < r[:, None], term, 0.0)[:, :rmax]
     valid = r > 0
-    ap = (precision * rel).sum(1)[valid] / r[valid].float()
-    return float(ap.mean())
+    return float((term.sum(1)[valid] / r[valid].double()).sort().values.mean())   # sorted: order-free sum
 
 
 def nmi(embeddings: torch.Tensor, labels: torch.Tensor, seed: int = 0, n_init: int = 1) -> float:
-    """Normalised mutual information between k-means clusters (k = number of classes) and labels."""
+    """Normalised mutual information between k-means clusters (k = number of classes) and labels.
+
+    k-means runs on :func:`prepare_embeddings` (scaled and centred: its clusters do not move, its
+    squares stay finite) with the rows sorted lexicographically first, so that its seeded start
+    picks the same points whatever order the samples came in (identical rows are interchangeable).
+    """
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score
 
     embeddings, labels = _check(embeddings, labels)
-    y = labels.cpu().numpy()
+    x = prepare_embeddings(embeddings).cpu().numpy()                 # (N, D) float32
+    order = np.lexsort(x.T[::-1])                                    # rows in lexicographic order
+    y = labels.cpu().numpy()[order]
     k = len(np.unique(y))
-    x = prepare_embeddings(embeddings)     # scaled and centred: k-means' clusters do not move, squares stay finite
-    pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x.cpu().numpy())
+    pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x[order])
     return float(normalized_mutual_info_score(y, pred))
 
 
@@ -202,7 +226,7 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, ks: Sequen
     embeddings, labels = _check(embeddings, labels)
     _check_ks(ks)
     rmax = int(labels.unique(return_counts=True)[1].max()) - 1
-    nn = knn(embeddings, min(max(max(ks), rmax), embeddings.shape[0] - 1))   # one search serves both metrics
+    nn = rank_neighbours(embeddings, min(max(max(ks), rmax, 1), embeddings.shape[0] - 1))   # one search serves both
     out = {f"R@{k}": v for k, v in recall_at_k(embeddings, labels, ks, neighbours=nn).items()}
     out["MAP@R"] = map_at_r(embeddings, labels, neighbours=nn)
     if with_nmi:

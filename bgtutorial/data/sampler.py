@@ -36,8 +36,14 @@ class _ReplayableBatchSampler(Sampler[list[int]]):
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.start_batch = 0, 0
 
-    def global_batches(self, epoch: int) -> list[np.ndarray]:
+    def iter_global_batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """The global batches of ``epoch`` one at a time, each built when it is drawn."""
         raise NotImplementedError
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """Every global batch of ``epoch`` at once (a pure function of seed and epoch); training draws
+        them lazily (:meth:`iter_global_batches`), so a huge ``num_batches`` costs no memory."""
+        return list(self.iter_global_batches(epoch))
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch (reshuffles) and the batch to start from (resume mid-epoch)."""
@@ -45,8 +51,9 @@ class _ReplayableBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         per_rank = self.batch_size // self.world_size
-        for batch in self.global_batches(self.epoch)[self.start_batch:]:
-            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
+        for b, batch in enumerate(self.iter_global_batches(self.epoch)):
+            if b >= self.start_batch:                     # earlier batches are drawn (same RNG), not kept
+                yield batch[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
 
     def __len__(self) -> int:
         return self.num_batches - self.start_batch
@@ -84,12 +91,11 @@ class MPerClassBatchSampler(_ReplayableBatchSampler):
         self.by_class = [np.flatnonzero(labels == c) for c in classes]
         self.num_batches = num_batches if num_batches is not None else max(1, len(labels) // batch_size)
 
-    def global_batches(self, epoch: int) -> list[np.ndarray]:
-        """Every global batch of ``epoch`` (a pure function of seed and epoch)."""
+    def iter_global_batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """The global batches of ``epoch``, drawn one at a time from one seeded generator."""
         rng = np.random.default_rng([self.seed, epoch])
         pools = [rng.permutation(ix) for ix in self.by_class]
         cursor = [0] * len(pools)
-        batches = []
         for _ in range(self.num_batches):
             chosen = rng.choice(len(pools), self.classes_per_batch, replace=False)
             batch = []
@@ -103,8 +109,7 @@ class MPerClassBatchSampler(_ReplayableBatchSampler):
                     pool = pools[c]
                 batch.extend(pool[cursor[c]:cursor[c] + self.m])
                 cursor[c] += self.m
-            batches.append(np.asarray(batch))
-        return batches
+            yield np.asarray(batch)
 
 
 class RandomBatchSampler(_ReplayableBatchSampler):
@@ -125,16 +130,17 @@ class RandomBatchSampler(_ReplayableBatchSampler):
         self.num_samples = num_samples
         self.num_batches = num_batches if num_batches is not None else num_samples // batch_size
 
-    def global_batches(self, epoch: int) -> list[np.ndarray]:
-        """Every global batch of ``epoch``: consecutive slices of seeded permutations (a new
-        permutation whenever one runs out, so ``num_batches`` may exceed one pass)."""
+    def iter_global_batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """The global batches of ``epoch``: consecutive slices of seeded permutations (a new
+        permutation whenever one runs out, so ``num_batches`` may exceed one pass), one at a time."""
         rng = np.random.default_rng([self.seed, epoch, 1])
         per_pass = self.num_samples // self.batch_size
-        batches: list[np.ndarray] = []
-        while len(batches) < self.num_batches:
+        drawn = 0
+        while drawn < self.num_batches:
             order = rng.permutation(self.num_samples)
-            batches += [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(per_pass)]
-        return batches[:self.num_batches]
+            for i in range(min(per_pass, self.num_batches - drawn)):
+                yield order[i * self.batch_size:(i + 1) * self.batch_size]
+            drawn += per_pass
 
 
 class SeededSamples(Dataset):
