@@ -94,6 +94,11 @@ def check_arguments(out: str | Path, work: str | Path, epochs: int, per_class: i
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside:
             bounds = f"({low:g}, {high:g}]" if name == "lr" else f"[{low:g}, {high:g})"
             raise ValueError(f"--{name} {value} must be in {bounds}: {why}")
+    if classes is not None:
+        from .resources import check_allocation
+
+        check_allocation(f"the corpus images ({classes} classes x {per_class:,} renderings x 3 x 32 x 32 bytes)",
+                         classes * per_class * 3 * 32 * 32, "pass e.g. --per_class 40")
     if classes is not None and batch_size > classes * (per_class - heldout):
         raise ValueError(f"--batch_size {batch_size} is larger than the training set ({classes} classes x "
                          f"{per_class - heldout} renderings): no batch would be drawn; lower --batch_size")

@@ -152,3 +152,16 @@ def test_a_run_with_a_huge_epoch_draws_its_first_batch_at_once():
     sampler = _batch_sampler(cfg, train_ds, 0, 1)
     first = next(iter(SeededBatches(sampler, cfg.seed)))
     assert time.perf_counter() - t < 5.0 and sampler.num_batches == 10**8 and len(first) == cfg.batch_size
+
+
+def test_pretrain_refuses_a_corpus_over_the_limit_before_rendering(tmp_path):
+    """``--per_class 1000000``: the corpus would take terabytes; refused with the figure, nothing rendered."""
+    from bgtutorial.pretrain import check_arguments
+
+    args = dict(out=tmp_path / "out", work=tmp_path / "work", epochs=1, heldout=8, batch_size=128, lr=2e-3,
+                weight_decay=5e-4, label_smoothing=0.0, seed=0, data_root=tmp_path / "data")
+    with pytest.raises(ValueError, match=r"the corpus images \(641 classes x 1,000,000 renderings x 3 x 32 x 32 bytes\) "
+                                         r"would take 1,833.9 GiB.*--per_class 40"):
+        check_arguments(per_class=1_000_000, classes=641, **args)
+    check_arguments(per_class=40, classes=641, **args)                  # the default fits
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
