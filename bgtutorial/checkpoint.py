@@ -203,7 +203,8 @@ def load_history(path: str | Path) -> dict[str, Any]:
 
 def history_problem(history: Any) -> str | None:
     """What is wrong with the shape of a parsed history, or ``None``: a dict with a config dict, a list of
-    epoch records (dicts numbered 1, 2, ... with finite numeric values), optional lists of steps."""
+    epoch records (dicts numbered 1, 2, ... with finite numeric values, or null for a metric with nothing to
+    score, such as an empty Many/Medium/Few group of glyphs-lt), optional lists of steps."""
     if not isinstance(history, dict) or not {"config", "epochs"} <= history.keys():
         return "no 'config'/'epochs'"
     if not isinstance(history["config"], dict):
@@ -214,10 +215,11 @@ def history_problem(history: Any) -> str | None:
     for i, record in enumerate(epochs, 1):
         if not isinstance(record, dict) or record.get("epoch") != i:
             return f"epoch record {i} is not an object with \"epoch\": {i}"
-        bad = [k for k, v in record.items() if k != "val" and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+        record = {k: v for k, v in record.items() if k != "val" and v is not None}
+        bad = [k for k, v in record.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
         if bad:
             return f"epoch record {i} holds non-numbers under {', '.join(map(repr, bad[:3]))}"
-        bad = [k for k, v in record.items() if k != "val" and not math.isfinite(v)]
+        bad = [k for k, v in record.items() if not math.isfinite(v)]
         if bad:
             return f"epoch record {i} holds NaN or inf under {', '.join(map(repr, bad[:3]))}"
     if not isinstance(history.get("steps", []), list):

@@ -3,8 +3,8 @@
 Both papers start from a backbone pretrained on ImageNet and fine-tune it on CUB's training
 species. The CPU default does the same on its own data: :class:`~bgtutorial.models.SmallCNN`
 learns to classify the characters of the pretraining corpus
-(:func:`bgtutorial.data.corpus.pretraining_characters`: about 1,250 characters, none of them a
-retrieval class, part of one or a look-alike of one), rendered with the retrieval set's
+(:func:`bgtutorial.data.corpus.pretraining_characters`: 641 characters, none of them a retrieval
+class, part of one, a look-alike of one, one plus a stroke or named after one), rendered with the retrieval set's
 nuisances, with a linear classifier and cross-entropy. The classifier is thrown away; the
 backbone's weights are written as ``<out>/glyph-smallcnn.pt`` (``runs/pretrain/`` by default) with a
 JSON beside them (sha256, the characters, this command, its time and machine, the held-out top-1

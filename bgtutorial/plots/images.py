@@ -79,7 +79,7 @@ def closest_pairs_figure(pairs: dict[str, list[tuple[str, str, float]]], k: int 
     from ..data.glyph_classes import FACES, REFERENCE_SIZE, reference_masks
 
     light = [f for f in FACES if not f.bold]
-    fig, axes = plt.subplots(len(pairs), k, figsize=(k * 1.5, len(pairs) * 1.35), squeeze=False)
+    fig, axes = plt.subplots(len(pairs), k, figsize=(k * 1.5, len(pairs) * 1.6), squeeze=False)
     for row, (rule, items) in enumerate(pairs.items()):
         for col in range(k):
             ax = axes[row, col]
@@ -93,9 +93,11 @@ def closest_pairs_figure(pairs: dict[str, list[tuple[str, str, float]]], k: int 
             pair = torch.cat([masks[0, face, 0], torch.ones(REFERENCE_SIZE, 2, dtype=torch.bool),
                               masks[1, face, 0]], dim=1)
             ax.imshow(~pair.numpy(), cmap="gray")
-            ax.set_title(f"{cls}\u200e | U+{ord(char):04X}\n{share:.3f}", fontsize=8)   # LRM: Hebrew stays left
+            # the class alone on its line: a Hebrew class beside Latin text would be reordered right to left
+            ax.set_title(f"{cls}\nU+{ord(char):04X}: {share:.3f}", fontsize=8)
         axes[row, 0].text(-0.15, 0.5, rule, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
     bar = "" if threshold is None else f" (a pair at {threshold:.2f} or less would be left out)"
-    fig.suptitle("closest corpus character to a retrieval class, per rule: share of ink unmatched" + bar, fontsize=9)
+    fig.suptitle("each class (left of the bar) beside its closest corpus character, per rule: share of ink unmatched"
+                 + bar, fontsize=9)
     fig.tight_layout()
     return fig
