@@ -189,6 +189,13 @@ class Config:
         return self
 
     @property
+    def separate_module_loss(self) -> bool:
+        """Whether the module half gets a loss (and proxies) of its own: ``module_loss`` "separate", or
+        "auto" with an unshared head (the ablation of BatchFormer's claim b); "one" keeps one loss over the
+        doubled batch even with an unshared head, which separates the head from the form of the loss."""
+        return self.module_loss == "separate" or (self.module_loss == "auto" and not self.shared_head)
+
+    @property
     def classification(self) -> bool:
         """Closed-set recognition (``glyphs-lt`` with a classification loss), not metric learning."""
         return self.loss in CLASSIFICATION_LOSSES

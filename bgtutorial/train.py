@@ -14,20 +14,17 @@ config is :mod:`bgtutorial.config`, the data :mod:`bgtutorial.data.splits`, the 
   train only the head, the proxies and the batch module (``warm_epochs``); BatchNorm frozen
   (``bn_freeze``, ``bn_freeze_affine``); parameters kept frozen (``frozen``); gradient clipping
   by value or norm; random or m-per-class batches (``sampler``).
-* Mixed precision that fits the device (``precision``: bf16, fp16 + gradient scaler, or
-  float32; see :mod:`bgtutorial.precision`); channels_last on CUDA.
+* Mixed precision that fits the device (``precision``, :mod:`bgtutorial.precision`); channels_last on CUDA.
 * Evaluation every ``eval_every`` epochs and always after the last one (Recall@1/2/4/8, MAP@R,
   NMI); ``history.json`` after every epoch. Reported figures are the *last* epoch's: no
   checkpoint is chosen on the test classes. With ``val_classes`` > 0 that many training
   classes are held out, evaluated every epoch, and ``best_val.pt`` keeps the best of them.
-* Checkpoints ``last.pt`` (every ``ckpt_every`` steps and every epoch), written atomically
-  (temporary file, then rename) and read with ``weights_only=True``;
+* Checkpoints ``last.pt`` (every ``ckpt_every`` steps and every epoch), atomic, read with ``weights_only=True``;
   the run folder keeps its config in ``config.json`` (see :mod:`bgtutorial.checkpoint`).
-* ``--resume`` continues from ``last.pt`` at the exact batch it stopped at: the sampler is a
-  pure function of (seed, epoch), each sample's augmentation is seeded from its position,
-  and the torch RNG state travels in the checkpoint, so a killed run ends with the same
-  weights as an uninterrupted one (CPU, fixed seed). Resuming (or training again) with a
-  different config is refused with the differing fields named; ``--force`` starts over.
+* ``--resume`` continues from ``last.pt`` at the exact batch it stopped at: the sampler is a pure
+  function of (seed, epoch), each sample's augmentation is seeded from its position, and the torch
+  RNG states (the batch module's own too) travel in the checkpoint, so a killed run ends with the
+  same weights as an uninterrupted one (CPU, fixed seed). Another config is refused (fields named).
 * Training stops (``FloatingPointError``) as soon as the loss, the embeddings or the weights
   stop being finite; nothing non-finite is ever saved.
 """
@@ -86,15 +83,8 @@ def build_model(cfg: Config, num_classes: int, class_counts: list[int] | None = 
             cfg.loss, class_counts, None if cfg.plain_weight < 0 else cfg.plain_weight)
     loss = MetricLoss(cfg.loss, num_classes, cfg.embed_dim, cfg.margin, cfg.alpha,
                       None if cfg.plain_weight < 0 else cfg.plain_weight, m=cfg.m, tau=cfg.tau, c=cfg.curvature,
-                      clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction, separate_module_loss=separate_module_loss(cfg))
+                      clip_r=cfg.clip_r, pair_reduction=cfg.pair_reduction, separate_module_loss=cfg.separate_module_loss)
     return build_net(cfg), loss
-
-
-def separate_module_loss(cfg: Config) -> bool:
-    """Whether the module half gets a loss (and proxies) of its own: ``module_loss`` "separate", or
-    "auto" with an unshared head (the ablation of BatchFormer's claim b); "one" keeps one loss over the
-    doubled batch even with an unshared head, which separates the head from the form of the loss."""
-    return cfg.module_loss == "separate" or (cfg.module_loss == "auto" and not cfg.shared_head)
 
 
 def build_optimizer(cfg: Config, model: RetrievalNet, criterion: MetricLoss) -> torch.optim.AdamW:

@@ -67,7 +67,7 @@ def test_the_shipped_corpus_is_disjoint_from_both_halves_of_the_retrieval_split(
     classes = list(glyph_classes.select_classes().classes)
     train, test = glyph_classes.split_classes(classes)
     banned = set(glyph_classes.candidate_characters()) | set(classes)
-    assert len(SHIPPED) >= 1000 and len(set(SHIPPED)) == len(SHIPPED)
+    assert len(SHIPPED) >= 600 and len(set(SHIPPED)) == len(SHIPPED)   # 641 since the containment and name rules
     for half in (train, test):
         assert not set(SHIPPED) & set(half)
         dist = corpus.leakage_distances(SHIPPED, half)                 # (corpus, half)
