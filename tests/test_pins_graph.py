@@ -89,3 +89,27 @@ def test_density_without_a_visual_graph_names_the_fix(batch):
     with pytest.raises(ValueError, match="build it with features x"):
         BatchGraph.build(None, y, k=3).density
     assert BatchGraph.build(batch[0], y, k=3).density == pytest.approx(24 / 64)
+
+
+def test_normalize_adjacency_of_a_weighted_graph_by_loops():
+    """Row sums below 1 (weights, no self-loops) and an empty row: D^-1/2 A D^-1/2 entry by entry, 0 where d = 0."""
+    from bgtutorial.graph import normalize_adjacency
+
+    a = torch.tensor([[0.0, 0.2, 0.1, 0.0], [0.2, 0.0, 0.0, 0.0], [0.1, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    got = normalize_adjacency(a, add_self_loops=False)
+    deg = [sum(float(v) for v in row) for row in a]
+    for i in range(4):
+        for j in range(4):
+            want = float(a[i, j]) / math.sqrt(deg[i] * deg[j]) if deg[i] and deg[j] else 0.0
+            assert float(got[i, j]) == pytest.approx(want, rel=1e-6)
+
+
+def test_label_graph_messages():
+    from bgtutorial.graph import semantic_graph
+
+    with pytest.raises(ValueError, match=r"^labels must be \(B,\), got shape \(2, 3\)$"):
+        semantic_graph(torch.zeros(2, 3))
+    with pytest.raises(ValueError) as err:
+        semantic_graph(torch.arange(3), require_positive=True)
+    assert str(err.value) == ("the batch has no positive pair (no two samples share a label), so the label graph is "
+                              "empty; build batches with MPerClassBatchSampler and m >= 2")

@@ -27,7 +27,7 @@ TESTS = {                                                          # the test fi
     "metrics": ["test_metrics.py", "test_pins_metrics.py"],
     "stats": ["test_paired_summary.py", "test_pins_stats.py"],
     "graph": ["test_bgformer.py", "test_pins_graph.py"],
-    "batchformer": ["test_batchformer.py"],
+    "batchformer": ["test_batchformer.py", "test_pins_batchformer.py"],
     "bgformer": ["test_bgformer.py"],
     "losses": ["test_losses_vit.py", "test_shared_head.py", "test_pins_hyperbolic.py"],
 }
