@@ -129,11 +129,14 @@ def test_two_samples_are_enough():
 
 
 def test_the_scale_by_a_power_of_two_is_exact():
-    """Columns with mean 0 are not moved by the centring, so the prepared embeddings are the input times
-    2**9 (its largest entry 1.2345678 * 2**-9 lands in [1, 2)), bit for bit, an odd power included."""
+    """Rows x and -x: the column means are 0, so the centring moves nothing and the prepared embeddings are
+    the input times the power of two that brings the largest entry into [1, 2), bit for bit (2**9 here, an
+    odd power: two factors of 2**4.5 would round about 40 % of the entries differently)."""
     from bgtutorial.metrics import prepare_embeddings
 
-    x = torch.tensor([[1.2345678, -0.7654321], [-1.2345678, 0.7654321]], dtype=torch.float32) * 2.0 ** -9
+    half = torch.rand(200, 4, generator=torch.Generator().manual_seed(0)) * 2.0 ** -9
+    half[0, 0] = 1.9 * 2.0 ** -9                                    # the largest entry: 1.9 after the scale
+    x = torch.cat([half, -half])
     assert torch.equal(prepare_embeddings(x), x * 512.0)
     assert torch.equal(prepare_embeddings(x * 2.0 ** 20), x * 512.0)
 
@@ -162,3 +165,27 @@ def test_error_messages_name_what_is_wrong():
         recall_at_k(x, torch.arange(3), ks=(0,))
     assert str(err.value) == ("ks must be integers >= 1 (Recall@K counts the K nearest neighbours), got [0]; "
                               "e.g. ks=(1, 2, 4, 8)")
+
+
+def test_retrieval_metrics_search_once_and_nmi_passes_its_restarts(monkeypatch):
+    """One kNN search serves Recall@K and MAP@R; nmi hands n_init to k-means (spies on the two calls)."""
+    import sklearn.cluster
+
+    import bgtutorial.metrics as metrics
+
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(30) % 5
+    calls, inits = [], []
+    real_knn, real_kmeans = metrics.knn, sklearn.cluster.KMeans
+    monkeypatch.setattr(metrics, "knn", lambda *a, **kw: calls.append(a[1]) or real_knn(*a, **kw))
+
+    def spy(**kw):
+        inits.append(kw.get("n_init"))
+        return real_kmeans(**kw)
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", spy)
+    out = retrieval_metrics(x, y, ks=(1, 2))
+    assert calls == [5] and inits == [1]                             # k = max(max(ks), R_max = 5)
+    assert out["R@1"] == pytest.approx(ref_recall(x, y, (1,))[1]) and out["MAP@R"] == pytest.approx(ref_map_at_r(x, y))
+    metrics.nmi(x, y, n_init=7)
+    assert inits == [1, 7]
