@@ -16,6 +16,7 @@ from bgtutorial.config import load_config
 from bgtutorial.evaluate import evaluate, poincare_metrics
 from bgtutorial.losses import poincare_distance, poincare_knn, to_poincare
 from bgtutorial.train import build_model
+from naive import naive_retrieval
 
 C = 0.1
 
@@ -41,19 +42,8 @@ def ranked(points, i, key):
 
 def scores(points, labels, key):
     """R@1/2/4/8 and MAP@R by loops under a distance ``key``."""
-    n, hits, aps = len(points), {k: 0 for k in (1, 2, 4, 8)}, []
-    for i in range(n):
-        order = ranked(points, i, key)
-        for k in hits:
-            hits[k] += any(labels[j] == labels[i] for j in order[:k])
-        r = sum(labels[j] == labels[i] for j in range(n) if j != i)
-        found, total = 0, 0.0
-        for rank, j in enumerate(order[:r], 1):
-            if labels[j] == labels[i]:
-                found += 1
-                total += found / rank
-        aps.append(total / r)
-    return {**{f"R@{k}": v / n for k, v in hits.items()}, "MAP@R": sum(aps) / n}
+    recall, map_r = naive_retrieval(len(points), labels, lambda i: ranked(points, i, key))
+    return {**{f"R@{k}": v for k, v in recall.items()}, "MAP@R": map_r}
 
 
 def cosine(x, y):

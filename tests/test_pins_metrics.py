@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bgtutorial.metrics import map_at_r, recall_at_k, retrieval_metrics
+from naive import naive_retrieval
 
 
 def _rows(x):
@@ -27,29 +28,13 @@ def _order(rows, i, metric):
 
 
 def ref_recall(x, y, ks, metric="euclidean"):
-    rows, y = _rows(x), [int(v) for v in y]
-    hits = {k: 0 for k in ks}
-    for i in range(len(rows)):
-        order = _order(rows, i, metric)
-        for k in ks:
-            hits[k] += any(y[j] == y[i] for j in order[:k])
-    return {k: hits[k] / len(rows) for k in ks}
+    rows = _rows(x)
+    return naive_retrieval(len(rows), y, lambda i: _order(rows, i, metric), ks)[0]
 
 
 def ref_map_at_r(x, y, metric="euclidean"):
-    rows, y = _rows(x), [int(v) for v in y]
-    aps = []
-    for i in range(len(rows)):
-        r = sum(y[j] == y[i] for j in range(len(rows)) if j != i)
-        if r == 0:
-            continue
-        found, total = 0, 0.0
-        for rank, j in enumerate(_order(rows, i, metric)[:r], 1):
-            if y[j] == y[i]:
-                found += 1
-                total += found / rank
-        aps.append(total / r)
-    return sum(aps) / len(aps)
+    rows = _rows(x)
+    return naive_retrieval(len(rows), y, lambda i: _order(rows, i, metric))[1]
 
 
 @pytest.fixture
