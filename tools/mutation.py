@@ -29,7 +29,7 @@ TESTS = {                                                          # the test fi
     "graph": ["test_bgformer.py", "test_pins_graph.py"],
     "batchformer": ["test_batchformer.py", "test_pins_batchformer.py"],
     "bgformer": ["test_bgformer.py"],
-    "losses": ["test_losses_vit.py", "test_shared_head.py", "test_pins_hyperbolic.py"],
+    "losses": ["test_losses_vit.py", "test_shared_head.py", "test_pins_hyperbolic.py", "test_pins_losses.py"],
 }
 
 
