@@ -28,7 +28,7 @@ TESTS = {                                                          # the test fi
     "stats": ["test_paired_summary.py", "test_pins_stats.py"],
     "graph": ["test_bgformer.py", "test_pins_graph.py"],
     "batchformer": ["test_batchformer.py", "test_pins_batchformer.py"],
-    "bgformer": ["test_bgformer.py"],
+    "bgformer": ["test_bgformer.py", "test_pins_bgformer.py"],
     "losses": ["test_losses_vit.py", "test_shared_head.py", "test_pins_hyperbolic.py", "test_pins_losses.py"],
 }
 
