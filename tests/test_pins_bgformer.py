@@ -80,3 +80,51 @@ def test_lam_one_needs_no_label_graph():
     assert torch.equal(block(x, torch.arange(6)), block(x, None))
     with pytest.raises(ValueError, match="no positive pair"):
         BGFormerBlock(8, num_heads=2, k=3, lam=0.5)(x, torch.arange(6))
+
+
+def test_block_and_module_defaults():
+    """The documented defaults: 8 heads, K = 8, λ = 0.5, dropout 0.1 on the projections and the FFN and on the
+    visual weights, FFN width 4·D, positive pairs required, the label path's W without bias."""
+    block = BGFormerBlock(16)
+    assert (block.visual.num_heads, block.visual.k, block.k, block.lam) == (8, 8, 8, 0.5)
+    assert block.visual.dropout == 0.1 and block.require_positive_pairs is True
+    assert block.ffn[1].out_features == 64 and block.semantic.weight.bias is None
+    assert [m.p for m in block.modules() if isinstance(m, torch.nn.Dropout)] == [0.1] * 4   # P_v, P_s, FFN twice
+    assert isinstance(block.proj_semantic[1], torch.nn.Dropout) and isinstance(block.ffn[-1], torch.nn.Dropout)
+    assert BGFormerBlock(16, dropout=0.2, attention_dropout=0.3).visual.dropout == 0.3
+    assert BGFormerBlock(16, visual="minmax", dropout=0.2).visual.dropout == 0.2
+    module = BGFormer(16)
+    assert len(module.blocks) == 1 and (module.blocks[0].visual.num_heads, module.blocks[0].k) == (8, 8)
+
+
+@pytest.mark.parametrize("visual, loops", [("attention", True), ("minmax", False)])
+def test_the_feature_graph_keeps_self_loops_for_attention_only(visual, loops):
+    block = BGFormerBlock(8, num_heads=2, k=2, visual=visual, graph="features")
+    assert block.self_loops is loops
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    x[0] = 0.1 * x[5]                                                # 0's own similarity is not its largest
+    g = block.graph(x, torch.arange(6) // 2)
+    assert bool(g.visual[0, 0]) is loops
+
+
+def test_messages_of_the_options_and_the_inputs():
+    with pytest.raises(ValueError) as err:
+        BGFormerBlock(8, num_heads=2, visual="minmax", graph="logits")
+    assert str(err.value) == ("visual='minmax' has no attention logits to choose a graph from: use graph='features' "
+                              "(or leave graph=None)")
+    with pytest.raises(ValueError) as err:
+        BGFormerBlock(8, num_heads=2, graph="logits", self_loops=True)
+    assert str(err.value) == ("self_loops applies to the fixed feature graph only (the logits graph never forces a "
+                              "node in): use graph='features', or leave self_loops=None")
+    with pytest.raises(ValueError) as err:
+        BGFormerBlock(8, num_heads=2)(torch.randn(4, 8))
+    assert str(err.value) == ("BGFormer's semantic path needs the labels y (B,); it runs in training only. "
+                              "Pass y, or lam=1 for the visual path alone.")
+    module = BGFormer(8, num_heads=2)
+    with pytest.raises(ValueError, match=r"^BGFormer expects pooled features of shape \(B, 8\), got \(4,\)"):
+        module(torch.randn(4))
+    with pytest.raises(ValueError) as err:
+        module(torch.randn(4, 8), torch.zeros(4, 1))
+    assert str(err.value).endswith("pass class indices, not one-hot or (B, 1) labels (y.argmax(1) or y.flatten())")
+    with pytest.raises(ValueError, match=r"^features and labels disagree on the batch size: 4 vs 3$"):
+        module(torch.randn(4, 8), torch.zeros(3))
