@@ -3,8 +3,6 @@ the proxies"): the backbone, the head, the batch module, the module stream's own
 module stream's own proxies. A clip far below Adam's eps (1e-8) stalls every update (a step then moves a
 weight by about lr·1e-5, the proxies at their larger rate too), while without it each group moves by about
 its learning rate per step."""
-import pytest
-import torch
 
 from bgtutorial.checkpoint import load_checkpoint
 from bgtutorial.config import load_config
@@ -35,10 +33,9 @@ def _moves(tmp_path, name, **clip):
     return moves
 
 
-@pytest.mark.parametrize("clip", [{"clip_grad_value": 1e-13}, {"clip_grad_norm": 1e-13}])
-def test_clipping_reaches_the_network_the_module_and_both_sets_of_proxies(tmp_path, clip):
+def test_clipping_reaches_the_network_the_module_and_both_sets_of_proxies(tmp_path):
     free = _moves(tmp_path, "free")
-    clipped = _moves(tmp_path, "clipped", **clip)
-    assert set(free) == set(clipped) == set(GROUPS)
-    assert all(free[g] > 1e-4 for g in GROUPS), free
-    assert all(clipped[g] < 1e-3 * free[g] for g in GROUPS), sorted(clipped.items())   # proxies: a larger lr
+    assert set(free) == set(GROUPS) and all(free[g] > 1e-4 for g in GROUPS), free
+    for clip in ({"clip_grad_value": 1e-13}, {"clip_grad_norm": 1e-13}):
+        clipped = _moves(tmp_path, next(iter(clip)), **clip)
+        assert all(clipped[g] < 1e-3 * free[g] for g in GROUPS), (clip, sorted(clipped.items()))   # proxies: larger lr
