@@ -93,6 +93,9 @@ def test_block_and_module_defaults():
     assert isinstance(block.proj_semantic[1], torch.nn.Dropout) and isinstance(block.ffn[-1], torch.nn.Dropout)
     assert BGFormerBlock(16, dropout=0.2, attention_dropout=0.3).visual.dropout == 0.3
     assert BGFormerBlock(16, visual="minmax", dropout=0.2).visual.dropout == 0.2
+    from bgtutorial.bgformer import SemanticPropagation
+
+    assert SemanticPropagation(16).weight.bias is None and SemanticPropagation(16, bias=True).weight.bias is not None
     module = BGFormer(16)
     assert len(module.blocks) == 1 and (module.blocks[0].visual.num_heads, module.blocks[0].k) == (8, 8)
 
