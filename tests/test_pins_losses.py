@@ -138,3 +138,35 @@ def test_a_batch_of_plain_size_is_not_split():
     with pytest.raises(ValueError) as err:
         MetricLoss("proxy_anchor", 4, 4, separate_module_loss=True)(emb, y)
     assert str(err.value) == "separate_module_loss needs batch_size, the size B of the plain half"
+
+
+def test_metric_loss_defaults_and_bounds():
+    """Kim et al.'s margin 0.1 and alpha 32; Hyp-ViT's tau 0.2, c 0.1, r 2.3 with m = 2; plain_weight in [0, 1]."""
+    pa = MetricLoss("proxy_anchor", num_classes=4, embed_dim=8).loss
+    assert (pa.margin, pa.alpha) == (0.1, 32.0)
+    hyp = MetricLoss("hyperbolic", num_classes=4, embed_dim=8).loss
+    assert (hyp.m, hyp.tau, hyp.c, hyp.clip_r, hyp.reduction) == (2, 0.2, 0.1, 2.3, "sum")
+    for w in (0.0, 1.0):
+        assert MetricLoss("proxy_anchor", 4, 8, plain_weight=w).plain_weight == w
+    for w in (-0.01, 1.01):
+        with pytest.raises(ValueError, match=rf"^plain_weight must be in \[0, 1\] or None, got {w}$"):
+            MetricLoss("proxy_anchor", 4, 8, plain_weight=w)
+    with pytest.raises(ValueError) as err:
+        MetricLoss("triplet", 4, 8)
+    assert str(err.value) == "unknown loss 'triplet'; choose one of proxy_anchor, multi_similarity, hyperbolic"
+
+
+def test_the_halves_of_a_doubled_batch_are_scored_apart():
+    """One loss over both halves (plain_weight None) logs each half's loss too; a weighted loss is
+    a·L(plain) + (1 - a)·L(module), with the halves logged."""
+    g = torch.Generator().manual_seed(7)
+    emb, y = torch.randn(16, 4, generator=g), torch.arange(4).repeat(4)
+    one = MetricLoss("proxy_anchor", num_classes=4, embed_dim=4)
+    one(emb, y, batch_size=8)
+    halves = [float(one.loss(emb[:8], y[:8])), float(one.loss(emb[8:], y[8:]))]
+    assert [float(v) for v in one.last_parts] == pytest.approx(halves, rel=1e-6)
+    weighted = MetricLoss("proxy_anchor", num_classes=4, embed_dim=4, plain_weight=0.3)
+    total = float(weighted(emb, y, batch_size=8))
+    plain, module = float(weighted.loss(emb[:8], y[:8])), float(weighted.loss(emb[8:], y[8:]))
+    assert [float(v) for v in weighted.last_parts] == pytest.approx([plain, module], rel=1e-6)
+    assert total == pytest.approx(0.3 * plain + 0.7 * module, rel=1e-6)
