@@ -146,6 +146,8 @@ def test_metric_loss_defaults_and_bounds():
     assert (pa.margin, pa.alpha) == (0.1, 32.0)
     hyp = MetricLoss("hyperbolic", num_classes=4, embed_dim=8).loss
     assert (hyp.m, hyp.tau, hyp.c, hyp.clip_r, hyp.reduction) == (2, 0.2, 0.1, 2.3, "sum")
+    assert MetricLoss("hyperbolic", 4, 8, pair_reduction="mean").loss.reduction == "mean"
+    assert MetricLoss("proxy_anchor", 4, 8).last_parts is None
     for w in (0.0, 1.0):
         assert MetricLoss("proxy_anchor", 4, 8, plain_weight=w).plain_weight == w
     for w in (-0.01, 1.01):
