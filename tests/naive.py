@@ -171,3 +171,21 @@ def naive_retrieval(n, labels, ranked, ks=(1, 2, 4, 8)):
                 total += found / rank
         aps.append(total / r)
     return {k: v / n for k, v in hits.items()}, (sum(aps) / len(aps) if aps else float("nan"))
+
+
+def naive_poincare_ball(v, c=0.1, r=2.3):
+    """A vector (list of floats) into the Poincaré ball of curvature -c: clipped to norm r (None: not
+    clipped), then the exponential map at 0, tanh(√c|v|) v / (√c|v|)."""
+    n = math.sqrt(sum(a * a for a in v))
+    if r is not None and n > r:
+        v, n = [a * r / n for a in v], r
+    s = math.sqrt(c) * n
+    return [a * math.tanh(s) / s for a in v]
+
+
+def naive_poincare_distance(x, y, c=0.1):
+    """The ball's distance in its arcosh form, arcosh(1 + 2c|x-y|² / ((1 - c|x|²)(1 - c|y|²))) / √c
+    (the package computes the Möbius form)."""
+    def sq(v):
+        return sum(a * a for a in v)
+    return math.acosh(1 + 2 * c * sq([a - b for a, b in zip(x, y)]) / ((1 - c * sq(x)) * (1 - c * sq(y)))) / math.sqrt(c)

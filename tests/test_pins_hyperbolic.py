@@ -1,4 +1,4 @@
-"""Hyperbolic scoring against an independent Poincaré reference written here (the map into the ball and the
+"""Hyperbolic scoring against an independent Poincaré reference (tests/naive.py: the map into the ball and the
 arcosh form of the distance, in Python floats), never against the functions under test: the map, the
 k nearest neighbours, the metrics, and a hyperbolic run's evaluation with an unshared module head.
 
@@ -16,24 +16,9 @@ from bgtutorial.config import load_config
 from bgtutorial.evaluate import evaluate, poincare_metrics
 from bgtutorial.losses import poincare_distance, poincare_knn, to_poincare
 from bgtutorial.train import build_model
-from naive import naive_retrieval
+from naive import naive_poincare_ball as ball, naive_poincare_distance as dist, naive_retrieval
 
 C = 0.1
-
-
-def ball(v, c=C, r=2.3):
-    """The reference map of one vector (a list of floats) into the ball."""
-    n = math.sqrt(sum(a * a for a in v))
-    if r is not None and n > r:
-        v, n = [a * r / n for a in v], r
-    s = math.sqrt(c) * n
-    return [a * math.tanh(s) / s for a in v]
-
-
-def dist(x, y, c=C):
-    sq = lambda v: sum(a * a for a in v)                                      # noqa: E731
-    diff = sq([a - b for a, b in zip(x, y)])
-    return math.acosh(1 + 2 * c * diff / ((1 - c * sq(x)) * (1 - c * sq(y)))) / math.sqrt(c)
 
 
 def ranked(points, i, key):
