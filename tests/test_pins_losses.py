@@ -131,6 +131,8 @@ def test_metric_loss_defaults_and_bounds():
     """Kim et al.'s margin 0.1 and alpha 32; Hyp-ViT's tau 0.2, c 0.1, r 2.3 with m = 2; plain_weight in [0, 1]."""
     pa = MetricLoss("proxy_anchor", num_classes=4, embed_dim=8).loss
     assert (pa.margin, pa.alpha) == (0.1, 32.0)
+    chosen = MetricLoss("proxy_anchor", num_classes=4, embed_dim=8, margin=0.2, alpha=16.0).loss
+    assert (chosen.margin, chosen.alpha) == (0.2, 16.0)
     hyp = MetricLoss("hyperbolic", num_classes=4, embed_dim=8).loss
     assert (hyp.m, hyp.tau, hyp.c, hyp.clip_r, hyp.reduction) == (2, 0.2, 0.1, 2.3, "sum")
     assert MetricLoss("hyperbolic", 4, 8, pair_reduction="mean").loss.reduction == "mean"
