@@ -96,6 +96,7 @@ def multi_similarity(emb, y, alpha=2.0, beta=50.0, base=0.5, eps=0.1):
     return total / n
 
 
+@torch.no_grad()
 def test_multi_similarity_with_its_miner_matches_loops():
     g = torch.Generator().manual_seed(5)
     y = torch.arange(4).repeat_interleave(4)
@@ -114,6 +115,7 @@ def test_proxy_parameters_without_a_module_loss_are_the_proxies():
     assert len(both) == 2 and both[0] is not both[1]
 
 
+@torch.no_grad()
 def test_a_batch_of_plain_size_is_not_split():
     """batch_size equal to the batch: one loss over it (not a plain half and an empty module half)."""
     g = torch.Generator().manual_seed(6)
@@ -147,6 +149,7 @@ def test_metric_loss_defaults_and_bounds():
     assert str(err.value) == "unknown loss 'triplet'; choose one of proxy_anchor, multi_similarity, hyperbolic"
 
 
+@torch.no_grad()
 def test_the_halves_of_a_doubled_batch_are_scored_apart():
     """One loss over both halves (plain_weight None) logs each half's loss too; a weighted loss is
     a·L(plain) + (1 - a)·L(module), with the halves logged."""
