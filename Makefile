@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.installed
 export TQDM_MININTERVAL ?= 2
 
-.PHONY: setup demo test test-unit test-notebooks lab bench gpu-check clean strip notebooks check-notebooks studies
+.PHONY: setup demo test test-unit test-notebooks lab bench gpu-check clean strip notebooks check-notebooks studies mutation
 
 setup: $(STAMP)
 
@@ -48,6 +48,14 @@ WORKERS ?= 2
 studies: $(STAMP)
 	$(PY) -m bgtutorial.plan --publish --workers $(WORKERS) $(STUDY_ARGS)
 	$(PY) -m bgtutorial.claims
+
+# Mutation testing, not part of CI (minutes per module): mutmut plants small bugs in metrics, stats, graph,
+# batchformer, bgformer and losses, one module at a time against the test files that name it, and counts
+# those the tests catch. mutmut is installed here only, not among the dependencies. Scores and survivors:
+# docs/testing.md; work files in .mutation/ (git-ignored). `MODULES="metrics stats"` runs some of them.
+mutation: $(STAMP)
+	$(PIP) mutmut==3.8.1
+	$(PY) tools/mutation.py $(MODULES)
 
 # Execute every notebook in full mode on this machine (the CPU default without a GPU, CUB-200 where a
 # GPU and the data are there) and commit the outputs: readers on GitHub and Colab see them.

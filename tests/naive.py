@@ -146,3 +146,46 @@ def naive_bgformer(module, x, y):
     for block in module.blocks:
         x = naive_bgformer_block(block, x, y)
     return x
+
+
+def naive_retrieval(n, labels, ranked, ks=(1, 2, 4, 8)):
+    """Recall@K for each K and MAP@R by loops, from ``ranked(i)``: the other samples, nearest first.
+
+    Recall@K: share of queries with a sample of their class among their K nearest. MAP@R: for a query
+    with R others of its class, (1/R) Σ_{rank ≤ R} precision@rank over the ranks that hold one, averaged
+    over the queries with R > 0. Returns ``({K: recall}, map_at_r)``.
+    """
+    labels = [int(v) for v in labels]
+    hits, aps = {k: 0 for k in ks}, []
+    for i in range(n):
+        order = ranked(i)
+        for k in ks:
+            hits[k] += any(labels[j] == labels[i] for j in order[:k])
+        r = sum(labels[j] == labels[i] for j in range(n) if j != i)
+        if r == 0:
+            continue
+        found, total = 0, 0.0
+        for rank, j in enumerate(order[:r], 1):
+            if labels[j] == labels[i]:
+                found += 1
+                total += found / rank
+        aps.append(total / r)
+    return {k: v / n for k, v in hits.items()}, (sum(aps) / len(aps) if aps else float("nan"))
+
+
+def naive_poincare_ball(v, c=0.1, r=2.3):
+    """A vector (list of floats) into the Poincaré ball of curvature -c: clipped to norm r (None: not
+    clipped), then the exponential map at 0, tanh(√c|v|) v / (√c|v|)."""
+    n = math.sqrt(sum(a * a for a in v))
+    if r is not None and n > r:
+        v, n = [a * r / n for a in v], r
+    s = math.sqrt(c) * n
+    return [a * math.tanh(s) / s for a in v]
+
+
+def naive_poincare_distance(x, y, c=0.1):
+    """The ball's distance in its arcosh form, arcosh(1 + 2c|x-y|² / ((1 - c|x|²)(1 - c|y|²))) / √c
+    (the package computes the Möbius form)."""
+    def sq(v):
+        return sum(a * a for a in v)
+    return math.acosh(1 + 2 * c * sq([a - b for a, b in zip(x, y)]) / ((1 - c * sq(x)) * (1 - c * sq(y)))) / math.sqrt(c)

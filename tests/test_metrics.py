@@ -7,33 +7,19 @@ import torch
 
 from bgtutorial.metrics import knn, map_at_r, nmi, prepare_embeddings, recall_at_k, retrieval_metrics
 from bgtutorial.ranking import rank_neighbours
+from naive import naive_retrieval
+
+
+def _ranked(x, i):
+    return [j for _, j in sorted((float(((x[i] - x[j]) ** 2).sum()), j) for j in range(len(x)) if j != i)]
 
 
 def brute_recall(x, y, ks):
-    n = len(x)
-    out = {k: 0 for k in ks}
-    for i in range(n):
-        d = [(float(((x[i] - x[j]) ** 2).sum()), j) for j in range(n) if j != i]
-        order = [j for _, j in sorted(d)]
-        for k in ks:
-            out[k] += any(y[j] == y[i] for j in order[:k])
-    return {k: v / n for k, v in out.items()}
+    return naive_retrieval(len(x), y, lambda i: _ranked(x, i), ks)[0]
 
 
 def brute_map_at_r(x, y):
-    n, aps = len(x), []
-    for i in range(n):
-        r = sum(int(y[j] == y[i]) for j in range(n) if j != i)
-        if r == 0:
-            continue
-        order = [j for _, j in sorted((float(((x[i] - x[j]) ** 2).sum()), j) for j in range(n) if j != i)]
-        hits, s = 0, 0.0
-        for rank, j in enumerate(order[:r], 1):
-            if y[j] == y[i]:
-                hits += 1
-                s += hits / rank
-        aps.append(s / r)
-    return sum(aps) / len(aps)
+    return naive_retrieval(len(x), y, lambda i: _ranked(x, i))[1]
 
 
 @pytest.fixture
