@@ -9,6 +9,8 @@ import random
 import pytest
 import torch
 
+from bgtutorial.ranking import Ranking
+
 from bgtutorial.metrics import map_at_r, recall_at_k, retrieval_metrics
 from naive import naive_retrieval
 
@@ -89,10 +91,13 @@ def test_neighbours_passed_in_are_the_ones_scored():
     y = torch.tensor([0, 0, 1, 1, 2, 2])                            # true neighbours: each query's twin first
     assert recall_at_k(x, y, ks=(1,)) == {1: 1.0}
     fake = torch.tensor([[2, 1], [3, 0], [0, 3], [1, 2], [5, 0], [4, 1]])   # the twin second, or first for 4 and 5
-    assert recall_at_k(x, y, ks=(1, 2), neighbours=fake) == {1: pytest.approx(2 / 6), 2: 1.0}
-    assert map_at_r(x, y, neighbours=fake) == pytest.approx(2 / 6)
-    with pytest.raises(ValueError, match="columns"):
-        recall_at_k(x, y, ks=(1, 2, 4), neighbours=fake)
+    ranking = Ranking(fake, torch.zeros_like(fake, dtype=torch.bool), 2)      # no ties
+    assert recall_at_k(x, y, ks=(1, 2), neighbours=ranking) == {1: pytest.approx(2 / 6), 2: 1.0}
+    assert map_at_r(x, y, neighbours=ranking) == pytest.approx(2 / 6)
+    with pytest.raises(ValueError):
+        recall_at_k(x, y, ks=(1, 2, 4), neighbours=ranking)                  # deeper than the ranking
+    with pytest.raises(ValueError, match="must be a Ranking"):
+        recall_at_k(x, y, ks=(1,), neighbours=fake)                          # bare indices lose the ties
 
 
 def test_recall_at_n_minus_1_reaches_the_farthest_sample():
@@ -162,7 +167,8 @@ def test_retrieval_metrics_search_once_and_nmi_passes_its_restarts(monkeypatch):
     y = torch.arange(30) % 5
     calls, inits = [], []
     real_knn, real_kmeans = metrics.knn, sklearn.cluster.KMeans
-    monkeypatch.setattr(metrics, "knn", lambda *a, **kw: calls.append(a[1]) or real_knn(*a, **kw))
+    real_rank = metrics.rank_neighbours
+    monkeypatch.setattr(metrics, "rank_neighbours", lambda *a, **kw: calls.append(a[1]) or real_rank(*a, **kw))
 
     def spy(**kw):
         inits.append(kw.get("n_init"))
