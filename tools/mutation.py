@@ -24,12 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutation"
 HELPERS = ["conftest.py", "naive.py", "reference_sgformer2.py"]    # imported by the test files below
 TESTS = {                                                          # the test files that name each module
-    "metrics": ["test_metrics.py", "test_pins_metrics.py"],
+    "metrics": ["test_metrics.py", "test_pins_metrics.py", "test_metric_ties.py"],
     "stats": ["test_paired_summary.py", "test_pins_stats.py"],
     "graph": ["test_bgformer.py", "test_pins_graph.py"],
     "batchformer": ["test_batchformer.py", "test_pins_batchformer.py"],
     "bgformer": ["test_bgformer.py", "test_pins_bgformer.py"],
-    "losses": ["test_losses_vit.py", "test_shared_head.py", "test_pins_hyperbolic.py", "test_pins_losses.py"],
+    "losses": ["test_losses_vit.py", "test_shared_head.py", "test_pins_hyperbolic.py", "test_pins_losses.py",
+               "test_longtail_recognition.py"],
 }
 
 
