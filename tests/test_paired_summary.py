@@ -122,3 +122,50 @@ def test_holm_refuses_what_is_not_a_p_value():
     for bad in ([0.1, -0.01], [1.5], [float("nan")]):
         with pytest.raises(ValueError, match="p-values"):
             holm(bad)
+
+
+def test_non_finite_values_are_refused_naming_the_side_and_the_seed():
+    with pytest.raises(ValueError, match=r"^paired_summary: treatment value 1 is nan, not a finite number \(a diverged "
+                                         r"run or a damaged history\): drop that seed from both sides or rerun it$"):
+        paired_summary([0.5, float("nan"), 0.4], [0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match=r"^paired_summary: baseline value 2 is inf, not a finite number"):
+        paired_summary([0.5, 0.5, 0.5], [0.5, 0.4, float("inf")])
+
+
+def test_paired_p_edges_by_hand():
+    from bgtutorial.stats import paired_p
+
+    assert paired_summary([1.5, 2.5, 3.5], [1.0, 2.0, 3.0])["p"] == 0.0          # every difference exactly +0.5
+    assert paired_summary([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])["p"] == 1.0
+    with pytest.raises(ValueError, match=r"^a paired t-test needs at least 2 paired seeds, got 1$"):
+        paired_p(0.1, 0.0, 1)
+
+
+def test_holm_accepts_p_values_of_exactly_0_and_1():
+    from bgtutorial.stats import holm
+
+    assert holm([0.0, 1.0, 0.02]) == pytest.approx([0.0, 1.0, 0.04])
+
+
+def _history(seed, r1):
+    return {"config": {"seed": seed}, "epochs": [{"R@1": r1, "MAP@R": r1 / 4}]}
+
+
+def test_tables_name_a_repeated_seed_and_seeds_paired_out_of_order():
+    from bgtutorial.stats import paired_table, paired_table_against
+
+    base = [_history(s, 0.5) for s in (0, 1, 2)]
+    twice = [_history(s, 0.6) for s in (0, 1, 1)]
+    with pytest.raises(ValueError, match=r"^bgformer at label_noise 0 holds seed 1 2 times \(seeds \[0, 1, 1\]\): a rerun of one seed "
+                                         r"is the same measurement, not another paired seed; pass each seed once$"):
+        paired_table({0.0: {"baseline": base, "bgformer": twice}})
+    with pytest.raises(ValueError, match=r"bgformer at label_noise 0's reference holds seed 2 3 times"):
+        paired_table({0.0: {"baseline": [_history(2, 0.5)] * 3, "bgformer": base}})
+    shuffled = [_history(s, 0.6) for s in (2, 0, 1)]
+    with pytest.raises(ValueError, match=r"^bgformer at label_noise 0 pairs seeds \[2, 0, 1\] with its reference's \[0, 1, 2\]: run both "
+                                         r"with the same seeds, in the same order$"):
+        paired_table({0.0: {"baseline": base, "bgformer": shuffled}})
+    with pytest.raises(ValueError, match=r"^bgformer at label_noise 0 pairs seeds \[0, 1, 2\] with its reference.s \[2, 0, 1\]"):
+        paired_table_against({0.0: {"bgformer": base}}, {0.0: {"bgformer": shuffled}})
+    no_config = [{"epochs": [{"R@1": 0.6, "MAP@R": 0.1}]} for _ in range(3)]      # unnamed seeds: not checked
+    assert "bgformer − baseline" in paired_table({0.0: {"baseline": base, "bgformer": no_config}})

@@ -164,3 +164,49 @@ def test_the_halves_of_a_doubled_batch_are_scored_apart():
     plain, module = float(weighted.loss(emb[:8], y[:8])), float(weighted.loss(emb[8:], y[8:]))
     assert [float(v) for v in weighted.last_parts] == pytest.approx([plain, module], rel=1e-6)
     assert total == pytest.approx(0.3 * plain + 0.7 * module, rel=1e-6)
+
+
+def _ce_by_hand(logits, y, shift=None):
+    """Mean cross-entropy written out row by row: -log softmax(z + shift)[y]."""
+    total = 0.0
+    for row, t in zip(logits.tolist(), y.tolist()):
+        z = [v + (0.0 if shift is None else math.log(shift[c])) for c, v in enumerate(row)]
+        top = max(z)
+        total += -(z[t] - top - math.log(sum(math.exp(v - top) for v in z)))
+    return total / len(y)
+
+
+def test_classifier_loss_halves_and_weights_by_hand():
+    from bgtutorial.losses import ClassifierLoss
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    counts = [5, 1, 2]                                            # a count of 1 is a valid (tail) class
+    for name, shift in (("cross_entropy", None), ("balanced_softmax", counts)):
+        plain, module = _ce_by_hand(logits[:3], y[:3], shift), _ce_by_hand(logits[3:], y[3:], shift)
+        loss = ClassifierLoss(name, counts if shift else None, plain_weight=0.3)
+        assert float(loss(logits, y, batch_size=3)) == pytest.approx(0.3 * plain + 0.7 * module, rel=1e-5)
+        assert [float(v) for v in loss.last_parts] == pytest.approx([plain, module], rel=1e-5)
+        one = ClassifierLoss(name, counts if shift else None)
+        assert float(one(logits, y, batch_size=3)) == pytest.approx(_ce_by_hand(logits, y, shift), rel=1e-5)
+        assert float(one(logits[:3], y[:3], batch_size=3)) == pytest.approx(plain, rel=1e-5)   # not doubled
+        assert one.last_parts is None
+        assert float(one(logits, y)) == pytest.approx(_ce_by_hand(logits, y, shift), rel=1e-5)  # no batch size
+
+
+def test_classifier_loss_messages():
+    from bgtutorial.losses import ClassifierLoss, balanced_softmax_loss
+
+    with pytest.raises(ValueError, match=r"^unknown classification loss 'hinge'; choose one of cross_entropy, "
+                                         r"balanced_softmax$"):
+        ClassifierLoss("hinge")
+    with pytest.raises(ValueError, match=r"^the balanced_softmax loss needs class_counts, the training images per "
+                                         r"class$"):
+        ClassifierLoss("balanced_softmax")
+    assert ClassifierLoss("cross_entropy").class_counts is None
+    logits, y = torch.zeros(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"^class_counts must be > 0 for every class \(log 0 would remove a class "
+                                         r"from the softmax\)$"):
+        balanced_softmax_loss(logits, y, [3, 0, 1])
+    with pytest.raises(ValueError, match=r"^class_counts must hold one count per class \(3\), got shape \(2,\)$"):
+        balanced_softmax_loss(logits, y, [3, 1])

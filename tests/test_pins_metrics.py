@@ -180,3 +180,13 @@ def test_retrieval_metrics_search_once_and_nmi_passes_its_restarts(monkeypatch):
     assert out["R@1"] == pytest.approx(ref_recall(x, y, (1,))[1]) and out["MAP@R"] == pytest.approx(ref_map_at_r(x, y))
     metrics.nmi(x, y, n_init=7)
     assert inits == [1, 7]
+
+
+def test_the_neighbour_errors_say_what_to_pass():
+    x, y = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([0, 0, 1])
+    with pytest.raises(ValueError, match=r"^metric must be 'euclidean' or 'cosine', got 'manhattan'$"):
+        recall_at_k(x, y, ks=(1,), metric="manhattan")
+    with pytest.raises(ValueError, match=r"^neighbours must be a Ranking \(rank_neighbours, ranking_from_distances\): "
+                                         r"bare indices lose the ties, and the metrics would depend on the order of "
+                                         r"the samples$"):
+        map_at_r(x, y, neighbours=torch.tensor([[1], [0], [1]]))
