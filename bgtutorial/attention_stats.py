@@ -60,20 +60,13 @@ def calibrate(layer_factory, trained_layer, batches: Sequence[tuple[torch.Tensor
 
 
 def _run_batches(run_dir: Path, n_batches: int):
-    """The trained network of a run and ``n_batches`` of its training batches' features (eval mode)."""
-    from .checkpoint import load_checkpoint, stored_config
-    from .config import Config
+    """The trained network of a run (:func:`bgtutorial.experiments.load_run_model`) and ``n_batches`` of its
+    training batches' features, in eval mode."""
     from .data.sampler import MPerClassBatchSampler
     from .data.splits import build_splits
-    from .train import build_net
+    from .experiments import load_run_model
 
-    saved = stored_config(run_dir)
-    if saved is None:
-        raise FileNotFoundError(f"no run in {run_dir}: train it first (make studies)")
-    cfg = Config(**{k: v for k, v in saved.items() if k in Config.__dataclass_fields__})
-    net = build_net(cfg, pretrained=False)
-    net.load_state_dict(load_checkpoint(run_dir / "last.pt", config=cfg)["model"])
-    net.eval()
+    cfg, net = load_run_model(run_dir, dev=torch.device("cpu"))
     train_ds, _, _ = build_splits(cfg)
     batches = []
     sampler = MPerClassBatchSampler(train_ds.targets, cfg.m, cfg.batch_size, seed=cfg.seed)

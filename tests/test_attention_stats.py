@@ -58,4 +58,4 @@ def test_the_command_reads_trained_runs_or_says_what_is_missing(tmp_path, capsys
     out = capsys.readouterr().out
     assert out.count("| 0 | within |") == 1 and out.count("| 0 | sink |") == 1
     assert attention_stats.main(["--runs", str(tmp_path), "--preset", "digits", "--seeds", "1"]) == 2
-    assert "no run in" in capsys.readouterr().err
+    assert "holds no finished run" in capsys.readouterr().err
