@@ -139,9 +139,10 @@ def read_arm(arm: Arm, seeds: Sequence[int], preset: str = "glyphs") -> list[dic
                            **arm.overrides())[arm.method]
 
 
-def _side(arms: tuple[Arm, ...], runs: dict[Arm, list[dict[str, Any]]], metric: str, epoch: int = -1) -> list[float]:
+def _side(arms: tuple[Arm, ...], runs: dict[Arm, list[dict[str, Any]]], metric: str) -> list[float]:
+    """The per-seed final ``metric`` of one arm, or of two arms' difference ``a − b``."""
     def value(h: dict[str, Any]) -> float:
-        return float((h["initial"] if epoch == 0 else h["epochs"][epoch])[metric])
+        return float(h["epochs"][-1][metric])
 
     first = [value(h) for h in runs[arms[0]]]
     if len(arms) == 1:

@@ -42,12 +42,14 @@ class Job:
     seed: int
     folder: str
 
+    def overrides(self) -> dict[str, Any]:
+        """The config fields this run sets on its preset: seed, method, noise levels and the arm's variant."""
+        return _overrides(self.arm, self.seed)
+
     def config(self, **extra: Any):
         from .config import load_config
-        from .experiments import METHODS
 
-        return load_config(self.preset, out=self.folder, seed=self.seed, batch_module=METHODS[self.arm.method],
-                           label_noise=self.arm.label_noise, corrupt=self.arm.corrupt, **self.arm.overrides(), **extra)
+        return load_config(self.preset, out=self.folder, **self.overrides(), **extra)
 
     def stem(self) -> str:
         from .experiments import published_stem
@@ -63,20 +65,26 @@ class Job:
         return "partial" if Path(self.folder, "last.pt").is_file() else "todo"
 
 
+def _overrides(arm: Arm, seed: int) -> dict[str, Any]:
+    from .experiments import METHODS
+
+    return dict(seed=seed, batch_module=METHODS[arm.method], label_noise=arm.label_noise, corrupt=arm.corrupt,
+                **arm.overrides())
+
+
 def plan_jobs(runs: str | Path = "runs/study", seeds: Sequence[int] = SEEDS, preset: str = "glyphs",
               arms: Sequence[Arm] | None = None) -> list[Job]:
     """Every run of the plan, arm by arm and seed by seed, with the folder each one trains into (the
     folders ``python -m bgtutorial.experiments`` uses for the same runs)."""
     from .config import load_config
-    from .experiments import METHODS, run_folder, variant_dir
+    from .experiments import run_folder, variant_dir
 
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {list(seeds)}")
     jobs = []
     for arm in (plan_arms() if arms is None else arms):
         for seed in seeds:
-            cfg = load_config(preset, seed=seed, batch_module=METHODS[arm.method], label_noise=arm.label_noise,
-                              corrupt=arm.corrupt, **arm.overrides())
+            cfg = load_config(preset, **_overrides(arm, seed))
             folder = run_folder(variant_dir(runs, cfg), preset, arm.method, seed, arm.label_noise, arm.corrupt)
             jobs.append(Job(preset, arm, seed, str(folder)))
     return jobs
@@ -91,9 +99,7 @@ def run_job(job: Job, publish: str | None, command: str, threads: int, device: s
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    cfg = job.config()
-    overrides = dict(seed=job.seed, batch_module=cfg.batch_module, label_noise=cfg.label_noise, corrupt=cfg.corrupt,
-                     eval_every=cfg.epochs, progress=False, **job.arm.overrides())
+    overrides = dict(job.overrides(), eval_every=job.config().epochs, progress=False)
     if device:
         overrides["device"] = device
     h = run_or_load(job.preset, job.folder, **overrides)
